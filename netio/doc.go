@@ -1,0 +1,77 @@
+// Package netio is the node's network: framing, the peer handshake, one TCP
+// connection per peer pair carrying every group, reconnects, per-peer write batching
+// and back-pressure, all on one gnet engine. MemNetwork provides the same Transport in
+// memory with injected faults, for tests and the deterministic simulation.
+//
+// # Frames
+//
+// Every frame is [u32 length][u8 version][u64 cluster][u32 group][u8 type][body]
+// (frame.go). Type 0 is netio's own (Hello, keepalive); types 1..255 belong to the
+// engine and reach the Handler with the group they were sent in. A frame that fails a
+// check (length over MaxFrameBytes or under the header, unknown version, another
+// cluster, a frame out of place) closes its connection with a logged reason and never
+// reaches the Handler.
+//
+// # Connections and the handshake
+//
+// For each pair of members the one with the lower NodeID dials the higher and both use
+// that connection in both directions, so there is exactly one ordered path per pair.
+// The dialer sends a Hello {protocol, cluster, node, auth (reserved)} as its first
+// frame; the acceptor checks it (cluster, membership, direction) and only then answers
+// with its own Hello, so a stranger learns nothing and reaches no group. Until the
+// Hello exchange completes frames are limited to 1 KiB and must be the Hello; a
+// connection that does not complete it within HandshakeTimeout is closed. If a peer
+// connects again while its old connection still looks alive, the newer one wins (the
+// old one is most likely half-open from before a restart).
+//
+// # Threading model
+//
+// One gnet engine carries the listener's connections and, through Engine.Register, the
+// connections this node dials, by default on a single event loop (EventLoops for
+// more). Per goroutine:
+//
+//   - Event loop(s): OnOpen, OnTraffic, OnClose, the flush tasks and the Handler. The
+//     loop decodes frames and calls the Handler, which must not block. With one loop,
+//     all network work of the node is serial; with several, the Handler runs
+//     concurrently on each.
+//   - Any goroutine: Send, Stats, Connected and Close (Close not from the Handler).
+//     Send only appends to the peer's queue under the peer's mutex and, when no flush
+//     is pending, schedules one flush task with EventLoop.Execute; it never blocks on
+//     the network or the loop.
+//   - gnet's ticker goroutine (every 100 ms): handshake and idle timeouts, keepalives,
+//     the unreachable grace period. It uses only the concurrency-safe Conn methods.
+//   - One dialer goroutine per higher-ID peer: connect with DialTimeout (gnet has no
+//     dial timeout), hand the socket to the engine, wait for the registration result
+//     (which can never be awaited on a loop: it waits for OnOpen on that loop), then
+//     wait for the connection to close and redial with jittered exponential backoff.
+//
+// Close stops the dialers first (while the loops still run, so a registration in
+// flight completes), then the engine, and returns only when gnet.Run has returned:
+// no goroutine of netio remains. gnet's process-global worker pool (ants), which
+// Register uses to hand sockets over, keeps its own idle workers for a few seconds.
+//
+// # Write batching and back-pressure
+//
+// Frames for a peer are encoded straight into one contiguous per-peer buffer. The first
+// Send after a flush schedules a flush task on the connection's loop; the task swaps
+// the buffer out and writes all of it with one Conn.Write, so every frame queued while
+// the task was pending shares one syscall. All writes to a connection happen on its
+// loop, which keeps one send path and therefore one order: frames to a peer arrive in
+// the order Send accepted them, or not at all.
+//
+// gnet has no back-pressure of its own (its buffers are unbounded). A peer's unsent
+// bytes are counted as its queue plus gnet's OutboundBuffered() for the connection,
+// sampled on the loop after each flush; Send drops the frame (Stats.Dropped.QueueFull)
+// when that would exceed PeerQueueBytesMax. The sample can be stale-high after gnet has
+// drained, so a refused Send, and the ticker, schedule a flush that refreshes it.
+//
+// # Disconnected peers
+//
+// Frames sent while a peer has no connection are kept (within PeerQueueBytesMax) and
+// sent right after the next handshake, so a short reconnect loses nothing queued. If
+// the peer stays disconnected for UnreachableAfter, the queue is discarded
+// (Dropped.Lost) and Sends are dropped (Dropped.Unreachable) until it connects again:
+// stale protocol messages are not worth sending late, and Paxos retries. Bytes already
+// handed to gnet when a connection breaks are lost with it. Receivers must tolerate
+// duplicates and gaps (the protocol deduplicates).
+package netio
