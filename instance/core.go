@@ -165,6 +165,17 @@ func (c *Core) Ready() Ready {
 	return rd
 }
 
+// TakeUnpersisted returns the parts of the pending output that do not wait for
+// persistence - SendNow, Committed and Teach - and leaves the rest for Ready. A
+// driver whose previous persist is still in flight uses it to keep messages that
+// depend on nothing durable (a proposer's Accepts, Chosen) and state machine work
+// moving, instead of holding them behind an fsync.
+func (c *Core) TakeUnpersisted() Ready {
+	rd := Ready{SendNow: c.rd.SendNow, Committed: c.rd.Committed, Teach: c.rd.Teach}
+	c.rd.SendNow, c.rd.Committed, c.rd.Teach = nil, nil, nil
+	return rd
+}
+
 // Propose starts value at instance Next. The outcome shows in Ready.Committed: the
 // instance is chosen with this value or with another one (then the caller proposes
 // again). value must not be modified afterwards.

@@ -98,8 +98,12 @@ type LearnRequest struct {
 //  1. send SendNow at once (nothing in them depends on this Ready's state);
 //  2. make HardState and Entries durable (one batch, fsynced);
 //  3. then, and only then, send Messages (acceptor replies that promise what was
-//     persisted in step 2) and hand Committed to the state machine;
-//  4. serve Teach from the log.
+//     persisted in step 2).
+//
+// Committed and Teach may be handled at once, before the persist: a chosen value is
+// a fact, whether or not this member's record of it is durable yet (after a crash
+// the member learns it again). A Ready without Messages needs no fsync at all: no
+// reply depends on it.
 type Ready struct {
 	// HardState, if non-nil, is the new hard state to persist.
 	HardState *HardState

@@ -1,0 +1,25 @@
+package group
+
+import "errors"
+
+// Errors a proposal can end with. Each says whether the command may still be
+// executed: only ErrUnknownOutcome leaves that open.
+var (
+	// ErrCanceled: the caller's context ended before the proposal was put into an
+	// instance; it will never be executed. Wrapped together with the context's
+	// error, so errors.Is(err, context.DeadlineExceeded) also holds.
+	ErrCanceled = errors.New("proposal canceled before it was proposed; it will not be executed")
+	// ErrUnknownOutcome: the caller's context ended while the proposal was in an
+	// instance that is not yet decided; it may or may not be executed.
+	ErrUnknownOutcome = errors.New("proposal outcome unknown: it was in flight when the wait ended")
+	// ErrStopped: the group stopped (node shutdown or a storage failure) before
+	// the proposal was chosen. If it was in flight its outcome is unknown as well;
+	// the error then also wraps ErrUnknownOutcome.
+	ErrStopped = errors.New("group stopped")
+	// ErrBusy: the group's queue of pending proposals is full (back-pressure).
+	// Nothing was proposed.
+	ErrBusy = errors.New("group busy: too many pending proposals")
+	// ErrStorage: the group's storage failed; the group stopped (fail-stop) and
+	// acknowledges nothing it could not persist.
+	ErrStorage = errors.New("group storage failure")
+)

@@ -1,0 +1,162 @@
+package group
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/logstore"
+)
+
+type nopSender struct{ sent []instance.Message }
+
+func (s *nopSender) Send(to ids.NodeID, g ids.GroupID, m *instance.Message) {
+	s.sent = append(s.sent, *m)
+}
+
+type recSM struct {
+	batches [][]string
+	fail    bool
+}
+
+func (s *recSM) Applied() ids.InstanceID { return 0 }
+func (s *recSM) Execute(inst ids.InstanceID, cmds [][]byte) ([][]byte, error) {
+	if s.fail {
+		return nil, errors.New("disk full")
+	}
+	var b []string
+	out := make([][]byte, len(cmds))
+	for i, c := range cmds {
+		b = append(b, string(c))
+		out[i] = []byte(fmt.Sprintf("r%d.%d", inst, i))
+	}
+	s.batches = append(s.batches, b)
+	return out, nil
+}
+
+func newSolo(t *testing.T, store *logstore.MemStore, sm *recSM) *Replica {
+	t.Helper()
+	r, err := New(Config{Group: 3, Self: 1, Members: []ids.NodeID{1}, Storage: store, Sender: &nopSender{},
+		StateMachine: sm, Schedule: func(fn func()) { fn() }, BatchCountMax: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestBatching: proposals queued while an instance is in flight are packed into the
+// next instance, bounded by BatchCountMax, and every caller gets its own result.
+func TestBatching(t *testing.T) {
+	store := logstore.NewMemStore()
+	sm := &recSM{}
+	r := newSolo(t, store, sm)
+	var ps []*Proposal
+	for i := 0; i < 10; i++ {
+		p := NewProposal(RequestID{Node: 1, Seq: uint64(i)}, []byte(fmt.Sprint("c", i)))
+		ps = append(ps, p)
+		r.Propose(p)
+	}
+	for store.PendingCount() > 0 {
+		store.Sync()
+	}
+	want := [][]string{{"c0"}, {"c1", "c2", "c3", "c4"}, {"c5", "c6", "c7", "c8"}, {"c9"}}
+	if fmt.Sprint(sm.batches) != fmt.Sprint(want) {
+		t.Fatalf("batches %v, want %v", sm.batches, want)
+	}
+	for i, p := range ps {
+		res, err := p.Wait(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst := []int{0, 1, 1, 1, 1, 2, 2, 2, 2, 3}[i]
+		pos := []int{0, 0, 1, 2, 3, 0, 1, 2, 3, 0}[i]
+		if res.Instance != ids.InstanceID(inst) || string(res.Value) != fmt.Sprintf("r%d.%d", inst, pos) {
+			t.Fatalf("proposal %d: %+v", i, res)
+		}
+	}
+}
+
+// TestRestartReplays: a replica reopened on the same store replays the chosen log into
+// a fresh state machine and keeps its promise.
+func TestRestartReplays(t *testing.T) {
+	store := logstore.NewMemStore()
+	r := newSolo(t, store, &recSM{})
+	for i := 0; i < 5; i++ {
+		r.Propose(NewProposal(RequestID{Node: 1, Seq: uint64(i)}, []byte(fmt.Sprint("c", i))))
+		store.Sync()
+	}
+	promised := r.Core().Promised()
+	store.Sync()
+	store.Crash() // nothing unsynced is left; the crash changes nothing
+	sm := &recSM{}
+	r2 := newSolo(t, store, sm)
+	if r2.Core().Next() != r.Core().Next() || r2.Core().Promised() != promised {
+		t.Fatalf("after restart next=%d promised=%v, before next=%d promised=%v",
+			r2.Core().Next(), r2.Core().Promised(), r.Core().Next(), promised)
+	}
+	if fmt.Sprint(sm.batches) != "[[c0] [c1] [c2] [c3] [c4]]" {
+		t.Fatalf("replayed %v", sm.batches)
+	}
+}
+
+// TestStalledStateMachineRetries: an Execute error stalls the group and is retried on
+// Tick; the instance is never skipped.
+func TestStalledStateMachineRetries(t *testing.T) {
+	store := logstore.NewMemStore()
+	sm := &recSM{fail: true}
+	r := newSolo(t, store, sm)
+	p := NewProposal(RequestID{Node: 1, Seq: 1}, []byte("x"))
+	r.Propose(p)
+	store.Sync()
+	r.Tick()
+	if r.Stats().Applied != 0 || r.Stats().ApplyErrors == 0 {
+		t.Fatalf("stats %+v", r.Stats())
+	}
+	sm.fail = false
+	r.Tick()
+	if res, err := p.Wait(context.Background()); err != nil || res.Instance != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+// TestCanceledBeforeProposed: a proposal withdrawn while queued is never executed.
+func TestCanceledBeforeProposed(t *testing.T) {
+	store := logstore.NewMemStore()
+	sm := &recSM{}
+	r := newSolo(t, store, sm)
+	first := NewProposal(RequestID{Node: 1, Seq: 1}, []byte("a"))
+	r.Propose(first) // in flight until the store syncs
+	second := NewProposal(RequestID{Node: 1, Seq: 2}, []byte("b"))
+	r.Propose(second)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := second.Wait(ctx); !errors.Is(err, ErrCanceled) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("queued proposal: %v", err)
+	}
+	if _, err := first.Wait(ctx); !errors.Is(err, ErrUnknownOutcome) {
+		t.Fatalf("in-flight proposal: %v", err)
+	}
+	for store.PendingCount() > 0 {
+		store.Sync()
+	}
+	if fmt.Sprint(sm.batches) != "[[a]]" {
+		t.Fatalf("executed %v", sm.batches)
+	}
+}
+
+func TestValueCodec(t *testing.T) {
+	cmds := []Command{{ID: RequestID{1, 2}, Data: []byte("x")}, {ID: RequestID{3, 1 << 60}, Data: nil}}
+	got, err := decodeValue(encodeValue(cmds))
+	if err != nil || len(got) != 2 || got[0].ID != cmds[0].ID || string(got[0].Data) != "x" || got[1].ID != cmds[1].ID {
+		t.Fatalf("%+v %v", got, err)
+	}
+	v := encodeValue(cmds)
+	for i := 0; i < len(v); i++ {
+		if _, err := decodeValue(v[:i]); err == nil {
+			t.Fatalf("truncated value at %d accepted", i)
+		}
+	}
+}

@@ -1,0 +1,107 @@
+package group
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/multipaxos/engine/ids"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// RequestID names one proposal across the cluster: the node that accepted it from
+// its caller and a sequence number unique on that node while it runs (the node
+// starts its sequence from a random 64-bit point, so a restart does not reuse IDs).
+// The proposer tells its callers which proposals were chosen by this ID, never by
+// comparing value bytes.
+type RequestID struct {
+	Node ids.NodeID
+	Seq  uint64
+}
+
+// Command is one application command inside an instance value.
+type Command struct {
+	ID   RequestID
+	Data []byte
+}
+
+// ErrBadValue is wrapped by every failure to decode an instance value.
+var ErrBadValue = errors.New("group: bad instance value")
+
+// An instance value is a msgpack array [version, [[node, seq, data], ...]]. Version 1
+// is an application batch; an empty batch is a no-op.
+const valueVersion = 1
+
+// encodeValue packs a batch of commands into one instance value.
+func encodeValue(cmds []Command) []byte {
+	var buf bytes.Buffer
+	buf.Grow(16 + len(cmds)*24 + batchBytes(cmds))
+	e := msgpack.NewEncoder(&buf)
+	_ = e.EncodeArrayLen(2)
+	_ = e.EncodeUint(valueVersion)
+	_ = e.EncodeArrayLen(len(cmds))
+	for _, c := range cmds {
+		_ = e.EncodeArrayLen(3)
+		_ = e.EncodeUint(uint64(c.ID.Node))
+		_ = e.EncodeUint(c.ID.Seq)
+		_ = e.EncodeBytes(c.Data)
+	}
+	return buf.Bytes()
+}
+
+func batchBytes(cmds []Command) int {
+	n := 0
+	for _, c := range cmds {
+		n += len(c.Data)
+	}
+	return n
+}
+
+// decodeValue unpacks an instance value. Command data are copies. Lengths are
+// checked against the bytes left before anything is allocated.
+func decodeValue(v []byte) ([]Command, error) {
+	r := bytes.NewReader(v)
+	d := msgpack.NewDecoder(r)
+	fail := func(what string, err error) ([]Command, error) {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadValue, what, err)
+	}
+	n, err := d.DecodeArrayLen()
+	if err != nil || n != 2 {
+		return fail("header", fmt.Errorf("array of %d, %v", n, err))
+	}
+	ver, err := d.DecodeUint64()
+	if err != nil || ver != valueVersion {
+		return fail("version", fmt.Errorf("%d, %v", ver, err))
+	}
+	n, err = d.DecodeArrayLen()
+	if err != nil || n < 0 || n > r.Len() {
+		return fail("batch length", fmt.Errorf("%d in %d bytes, %v", n, r.Len(), err))
+	}
+	cmds := make([]Command, 0, n)
+	for i := 0; i < n; i++ {
+		if k, err := d.DecodeArrayLen(); err != nil || k != 3 {
+			return fail("command", fmt.Errorf("array of %d, %v", k, err))
+		}
+		node, err1 := d.DecodeUint64()
+		seq, err2 := d.DecodeUint64()
+		l, err3 := d.DecodeBytesLen()
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return fail("command", err)
+		}
+		if l > r.Len() {
+			return fail("command data", fmt.Errorf("%d bytes claimed, %d left", l, r.Len()))
+		}
+		var data []byte
+		if l > 0 {
+			data = make([]byte, l)
+			if err := d.ReadFull(data); err != nil {
+				return fail("command data", err)
+			}
+		}
+		cmds = append(cmds, Command{ID: RequestID{Node: ids.NodeID(node), Seq: seq}, Data: data})
+	}
+	if r.Len() != 0 {
+		return fail("trailer", fmt.Errorf("%d bytes left", r.Len()))
+	}
+	return cmds, nil
+}

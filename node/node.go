@@ -1,0 +1,362 @@
+// Package node is the engine's front door: one Node per process takes part in many
+// independent Paxos groups over one network transport (a gnet engine) and one Pebble
+// database, and feeds each group's chosen commands, in order, to the application's
+// state machine.
+//
+// # Threading
+//
+// Groups run on a small pool of worker goroutines (Options.Workers). Each group has
+// an inbox; posting to it schedules the group on the pool if it is not scheduled
+// already, and one worker then runs everything in the inbox serially, so a group's
+// protocol state needs no locks and different groups run in parallel. The network
+// event loop only decodes frames and posts them; storage completions (the group
+// commit of logstore, shared by all groups) are posted back the same way. A ticker
+// goroutine posts the logical clock tick.
+//
+// # Errors
+//
+// Propose fails with a typed error that says whether the command may still be
+// executed: ErrCanceled (never proposed, will not run) and ErrUnknownOutcome (it was
+// in flight) both wrap the context's error; ErrValueTooLarge, ErrUnknownGroup,
+// ErrBusy and ErrStopped say nothing was proposed (ErrStopped also wraps
+// ErrUnknownOutcome when the proposal was in flight).
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/multipaxos/engine/group"
+	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/logstore"
+	"github.com/multipaxos/engine/netio"
+	"go.uber.org/zap"
+)
+
+// Errors of the public API. The group package's errors are re-exported so that a
+// caller needs only this package.
+var (
+	ErrValueTooLarge  = errors.New("node: value larger than ValueBytesMax")
+	ErrUnknownGroup   = errors.New("node: unknown group")
+	ErrStopped        = group.ErrStopped
+	ErrCanceled       = group.ErrCanceled
+	ErrUnknownOutcome = group.ErrUnknownOutcome
+	ErrBusy           = group.ErrBusy
+	ErrStorage        = group.ErrStorage
+)
+
+// Result is the outcome of a successful Propose: the instance that chose the
+// command and the state machine's result for it on this node.
+type Result = group.Result
+
+// Node is one member process. Its methods are safe for concurrent use.
+type Node struct {
+	opts    Options
+	log     *zap.Logger
+	store   *logstore.PebbleStore
+	tr      netio.Transport
+	groups  []*runner
+	work    chan *runner
+	seq     atomic.Uint64
+	stopped atomic.Bool
+	quit    chan struct{}
+	wg      sync.WaitGroup
+	codecs  sync.Pool
+	stopMu  sync.Mutex
+}
+
+// runner is one group's inbox and its replica. The replica is touched only by the
+// worker that holds the runner (scheduled == true and popped from work).
+type runner struct {
+	n       *Node
+	g       ids.GroupID
+	replica *group.Replica
+
+	mu        sync.Mutex
+	inbox     []func(*group.Replica)
+	ticks     int
+	scheduled bool
+	closed    bool
+}
+
+// Start opens the data dir, starts the transport, opens every group (replaying what
+// its state machine has not made durable) and returns the running node.
+func Start(opts Options) (*Node, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{opts: opts, log: opts.Logger.With(zap.Uint64("node", uint64(opts.NodeID))),
+		quit: make(chan struct{}), work: make(chan *runner, opts.Groups)}
+	n.codecs.New = func() any { return instance.NewCodec() }
+	// Request IDs must not repeat across restarts: start from a random point.
+	n.seq.Store(rand.Uint64() >> 1)
+
+	store, err := logstore.Open(filepath.Join(opts.DataDir, "log"), logstore.Options{Logger: opts.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("node: open log store: %w", err)
+	}
+	n.store = store
+
+	members := opts.memberIDs()
+	proto := instance.Config{
+		PrepareTimeoutTicks: opts.ticks(opts.ProposeRetryTimeout),
+		AcceptTimeoutTicks:  opts.ticks(opts.ProposeRetryTimeout),
+		RetryJitterTicks:    max(1, opts.ticks(opts.ProposeRetryTimeout)/3),
+		LearnTimeoutTicks:   opts.ticks(opts.LearnRetryTimeout),
+		StatusIntervalTicks: opts.ticks(opts.StatusInterval),
+		Seed:                rand.Uint64(),
+		Knobs:               opts.Knobs,
+	}
+	n.groups = make([]*runner, opts.Groups)
+	for g := range n.groups {
+		r := &runner{n: n, g: ids.GroupID(g)}
+		rep, err := group.New(group.Config{
+			Group: r.g, Self: opts.NodeID, Members: members,
+			Storage: store, Sender: n, StateMachine: opts.StateMachines(r.g),
+			Schedule: r.schedule, Protocol: proto,
+			BatchCountMax: opts.BatchCountMax, BatchBytesMax: opts.BatchBytesMax,
+			PendingMax: opts.PendingMax, Logger: opts.Logger,
+		})
+		if err != nil {
+			_ = store.Close()
+			return nil, fmt.Errorf("node: %w", err)
+		}
+		r.replica = rep
+		n.groups[g] = r
+	}
+
+	if opts.Transport != nil {
+		n.tr, err = opts.Transport(n.onFrame)
+	} else {
+		n.tr, err = netio.StartTCP(netio.Options{
+			NodeID: opts.NodeID, ClusterID: opts.ClusterID, ListenAddr: opts.Addr,
+			Peers: opts.Members, Handler: n.onFrame, Logger: opts.Logger,
+			MaxFrameBytes: opts.MaxFrameBytes,
+		})
+	}
+	if err != nil {
+		_ = store.Close()
+		return nil, fmt.Errorf("node: start transport: %w", err)
+	}
+
+	for i := 0; i < opts.Workers; i++ {
+		n.wg.Add(1)
+		go n.worker()
+	}
+	n.wg.Add(1)
+	go n.ticker()
+	n.log.Info("node started", zap.Int("groups", opts.Groups), zap.String("addr", opts.Addr))
+	return n, nil
+}
+
+// ID is this node's ID.
+func (n *Node) ID() ids.NodeID { return n.opts.NodeID }
+
+// Groups is the number of groups.
+func (n *Node) Groups() int { return len(n.groups) }
+
+// Propose proposes cmd in group g and waits until it is chosen and executed on this
+// node, then returns the instance and the state machine's result. See the package
+// doc for the errors.
+func (n *Node) Propose(ctx context.Context, g ids.GroupID, cmd []byte) (Result, error) {
+	if int(g) >= len(n.groups) {
+		return Result{}, fmt.Errorf("%w: %d (have %d)", ErrUnknownGroup, g, len(n.groups))
+	}
+	if len(cmd) > n.opts.ValueBytesMax {
+		return Result{}, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(cmd), n.opts.ValueBytesMax)
+	}
+	if n.stopped.Load() {
+		return Result{}, ErrStopped
+	}
+	p := group.NewProposal(group.RequestID{Node: n.opts.NodeID, Seq: n.seq.Add(1)}, cmd)
+	if !n.groups[g].post(func(r *group.Replica) { r.Propose(p) }) {
+		return Result{}, ErrStopped
+	}
+	return p.Wait(ctx)
+}
+
+// Stats is a snapshot of the node's counters.
+type Stats struct {
+	Log       logstore.Stats // writes and WAL fsyncs shared by all groups
+	Transport netio.Stats
+}
+
+// Stats returns the node-wide counters.
+func (n *Node) Stats() Stats {
+	return Stats{Log: n.store.Stats(), Transport: n.tr.Stats()}
+}
+
+// GroupStats returns one group's counters, read in the group's own context.
+func (n *Node) GroupStats(ctx context.Context, g ids.GroupID) (group.Stats, error) {
+	if int(g) >= len(n.groups) {
+		return group.Stats{}, ErrUnknownGroup
+	}
+	ch := make(chan group.Stats, 1)
+	if !n.groups[g].post(func(r *group.Replica) { ch <- r.Stats() }) {
+		return group.Stats{}, ErrStopped
+	}
+	select {
+	case s := <-ch:
+		return s, nil
+	case <-ctx.Done():
+		return group.Stats{}, ctx.Err()
+	}
+}
+
+// Stop shuts the node down: the transport first (nothing new arrives), then the
+// groups (waiting proposals fail with ErrStopped), then the store. It returns when
+// no goroutine of the node is left. Stop is idempotent.
+func (n *Node) Stop() error {
+	n.stopMu.Lock()
+	defer n.stopMu.Unlock()
+	if n.stopped.Swap(true) {
+		return nil
+	}
+	errTr := n.tr.Close()
+	close(n.quit)
+	n.wg.Wait()
+	for _, r := range n.groups {
+		r.mu.Lock()
+		r.closed = true
+		r.inbox = nil
+		r.mu.Unlock()
+		r.replica.Stop()
+	}
+	errStore := n.store.Close()
+	n.log.Info("node stopped")
+	return errors.Join(errTr, errStore)
+}
+
+// Send implements group.Sender.
+func (n *Node) Send(to ids.NodeID, g ids.GroupID, m *instance.Message) {
+	c := n.codecs.Get().(*instance.Codec)
+	n.tr.Send(to, g, uint8(m.Type), c.Encode(m))
+	n.codecs.Put(c)
+}
+
+// onFrame runs on the network event loop: decode and post, nothing slow.
+func (n *Node) onFrame(from ids.NodeID, g ids.GroupID, typ uint8, body []byte) {
+	if int(g) >= len(n.groups) {
+		n.log.Warn("frame for unknown group dropped", zap.Uint64("from", uint64(from)), zap.Uint32("group", uint32(g)))
+		return
+	}
+	c := n.codecs.Get().(*instance.Codec)
+	m, err := c.Decode(instance.MsgType(typ), body)
+	n.codecs.Put(c)
+	if err != nil {
+		n.log.Warn("undecodable message dropped", zap.Uint64("from", uint64(from)), zap.Uint32("group", uint32(g)), zap.Error(err))
+		return
+	}
+	m.From, m.To = from, n.opts.NodeID
+	n.groups[g].post(func(r *group.Replica) {
+		if err := r.Step(m); err != nil {
+			n.log.Warn("message refused", zap.Uint32("group", uint32(g)), zap.Error(err))
+		}
+	})
+}
+
+func (n *Node) ticker() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.opts.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-t.C:
+			for _, r := range n.groups {
+				r.tick()
+			}
+		}
+	}
+}
+
+func (n *Node) worker() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case r := <-n.work:
+			r.run()
+		}
+	}
+}
+
+// post queues fn for the group's worker; false once the node stopped.
+func (r *runner) post(fn func(*group.Replica)) bool {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return false
+	}
+	r.inbox = append(r.inbox, fn)
+	wake := !r.scheduled
+	r.scheduled = true
+	r.mu.Unlock()
+	if wake {
+		r.n.work <- r // never blocks: capacity is the number of groups
+	}
+	return true
+}
+
+// schedule is group.Config.Schedule: storage completions come back through it.
+func (r *runner) schedule(fn func()) { r.post(func(*group.Replica) { fn() }) }
+
+func (r *runner) tick() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.ticks++
+	wake := !r.scheduled
+	r.scheduled = true
+	r.mu.Unlock()
+	if wake {
+		r.n.work <- r
+	}
+}
+
+// run drains the inbox on a worker until it is empty.
+func (r *runner) run() {
+	var batch []func(*group.Replica)
+	for {
+		r.mu.Lock()
+		batch, r.inbox = r.inbox, batch[:0]
+		ticks := r.ticks
+		r.ticks = 0
+		if len(batch) == 0 && ticks == 0 {
+			r.scheduled = false
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Unlock()
+		for i, fn := range batch {
+			fn(r.replica)
+			batch[i] = nil
+		}
+		for ; ticks > 0; ticks-- {
+			r.replica.Tick()
+		}
+		select {
+		case <-r.n.quit:
+			r.mu.Lock()
+			r.scheduled = false
+			r.mu.Unlock()
+			return
+		default:
+		}
+	}
+}
+
+func sortIDs(s []ids.NodeID) { slices.Sort(s) }

@@ -1,0 +1,174 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/netio"
+	"github.com/multipaxos/engine/statemachine"
+	"go.uber.org/zap"
+)
+
+// Options configure a node. Zero values take the defaults documented on each field;
+// Start fills them in and then validates the result, reporting every violation.
+type Options struct {
+	// NodeID names this node; non-zero and a key of Members.
+	NodeID ids.NodeID
+	// ClusterID is stamped on every frame; peers with another one are refused.
+	// Default 1.
+	ClusterID uint64
+	// Addr is the host:port the node listens on for peers. Default Members[NodeID].
+	Addr string
+	// Members maps every member of every group, this node included, to its peer
+	// address. Every group has the same members.
+	Members map[ids.NodeID]string
+	// Groups is the number of Paxos groups, numbered 0 .. Groups-1. 1 .. 65536.
+	Groups int
+	// DataDir holds the node's Pebble database (DataDir/log). Required.
+	DataDir string
+	// StateMachines returns each group's state machine. Required.
+	StateMachines statemachine.Factory
+	// Logger receives the node's logs; nil = no-op.
+	Logger *zap.Logger
+
+	// TickInterval is the period of the protocol's logical clock. Default 50 ms.
+	// The protocol timeouts below are rounded to whole ticks.
+	TickInterval time.Duration
+	// ProposeRetryTimeout is how long a proposer waits for a quorum (of promises or
+	// of accepts) before it retries with a higher ballot. Default 500 ms.
+	ProposeRetryTimeout time.Duration
+	// LearnRetryTimeout is how long a lagging member waits for a teacher before it
+	// asks again. Default 200 ms.
+	LearnRetryTimeout time.Duration
+	// StatusInterval is the period of the cheap probe by which a member that fell
+	// behind in an idle group notices it. Default 2 s.
+	StatusInterval time.Duration
+
+	// ValueBytesMax bounds one proposed command, in bytes. Larger ones fail with
+	// ErrValueTooLarge. Default 1 MiB; at most a quarter of MaxFrameBytes.
+	ValueBytesMax int
+	// BatchCountMax bounds the commands packed into one instance. Default 1024.
+	BatchCountMax int
+	// BatchBytesMax bounds the command bytes of one instance. Default 4 MiB; at least
+	// ValueBytesMax, and with the batch overhead under MaxFrameBytes.
+	BatchBytesMax int
+	// PendingMax bounds the proposals queued per group (back-pressure: ErrBusy).
+	// Default 65536.
+	PendingMax int
+	// MaxFrameBytes bounds one network frame. Default 16 MiB.
+	MaxFrameBytes int
+	// Workers is the number of goroutines that run groups. Default GOMAXPROCS.
+	Workers int
+
+	// Transport, when set, replaces the TCP transport (tests: netio.MemNetwork). It
+	// gets the handler for inbound frames.
+	Transport func(h netio.Handler) (netio.Transport, error)
+	// Knobs plant protocol bugs; test use only.
+	Knobs instance.Knobs
+}
+
+// ErrInvalidOptions is wrapped by every option violation Start reports.
+var ErrInvalidOptions = errors.New("node: invalid options")
+
+func (o Options) withDefaults() Options {
+	if o.ClusterID == 0 {
+		o.ClusterID = 1
+	}
+	if o.Addr == "" {
+		o.Addr = o.Members[o.NodeID]
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&o.TickInterval, 50*time.Millisecond)
+	def(&o.ProposeRetryTimeout, 500*time.Millisecond)
+	def(&o.LearnRetryTimeout, 200*time.Millisecond)
+	def(&o.StatusInterval, 2*time.Second)
+	defInt := func(d *int, v int) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt(&o.ValueBytesMax, 1<<20)
+	defInt(&o.BatchCountMax, 1024)
+	defInt(&o.BatchBytesMax, 4<<20)
+	defInt(&o.PendingMax, 65536)
+	defInt(&o.MaxFrameBytes, 16<<20)
+	defInt(&o.Workers, runtime.GOMAXPROCS(0))
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOptions}, args...)...))
+	}
+	if o.NodeID == 0 {
+		bad("NodeID is 0")
+	}
+	if _, ok := o.Members[o.NodeID]; !ok {
+		bad("NodeID %d is not in Members", o.NodeID)
+	}
+	if o.Groups < 1 || o.Groups > 1<<16 {
+		bad("Groups is %d, want 1 .. 65536", o.Groups)
+	}
+	if o.DataDir == "" {
+		bad("DataDir is empty")
+	}
+	if o.StateMachines == nil {
+		bad("StateMachines is nil")
+	}
+	if o.TickInterval < time.Millisecond {
+		bad("TickInterval is %v, want >= 1ms", o.TickInterval)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"ProposeRetryTimeout", o.ProposeRetryTimeout}, {"LearnRetryTimeout", o.LearnRetryTimeout}, {"StatusInterval", o.StatusInterval}} {
+		if d.v < o.TickInterval {
+			bad("%s is %v, below TickInterval %v", d.name, d.v, o.TickInterval)
+		}
+	}
+	if o.ValueBytesMax < 1 || o.ValueBytesMax > o.MaxFrameBytes/4 {
+		bad("ValueBytesMax is %d, want 1 .. MaxFrameBytes/4 (%d)", o.ValueBytesMax, o.MaxFrameBytes/4)
+	}
+	if o.BatchBytesMax < o.ValueBytesMax || o.BatchBytesMax > o.MaxFrameBytes/2 {
+		bad("BatchBytesMax is %d, want ValueBytesMax (%d) .. MaxFrameBytes/2 (%d)", o.BatchBytesMax, o.ValueBytesMax, o.MaxFrameBytes/2)
+	}
+	if o.BatchCountMax < 1 {
+		bad("BatchCountMax is %d, want >= 1", o.BatchCountMax)
+	}
+	if o.PendingMax < 1 {
+		bad("PendingMax is %d, want >= 1", o.PendingMax)
+	}
+	if o.Workers < 1 {
+		bad("Workers is %d, want >= 1", o.Workers)
+	}
+	return errors.Join(errs...)
+}
+
+func (o Options) ticks(d time.Duration) int {
+	t := int(d / o.TickInterval)
+	if t < 1 {
+		t = 1
+	}
+	return t
+}
+
+func (o Options) memberIDs() []ids.NodeID {
+	var ms []ids.NodeID
+	for id := range o.Members {
+		ms = append(ms, id)
+	}
+	sortIDs(ms)
+	return ms
+}

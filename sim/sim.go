@@ -1,0 +1,484 @@
+package sim
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/multipaxos/engine/group"
+	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/logstore"
+	"github.com/multipaxos/engine/netio"
+)
+
+// Options configure one simulated run.
+type Options struct {
+	Seed   uint64
+	Nodes  int // members per group (every node is in every group)
+	Groups int
+	// Duration is the virtual time of the faulty phase with load; a heal phase
+	// follows, with no faults and no new load, until the cluster converges.
+	Duration time.Duration
+	// NetFaults enables loss, duplication and delay/reordering.
+	NetFaults bool
+	// Partitions enables random partitions between chosen pairs of nodes.
+	Partitions bool
+	// Crashes enables crash-restarts: a crash loses every write no fsync covered.
+	Crashes bool
+	// ProposeEvery is the mean virtual time between two client proposals.
+	ProposeEvery time.Duration
+	// Knobs plant bugs (see instance.Knobs).
+	Knobs instance.Knobs
+}
+
+// Result is the outcome of one run.
+type Result struct {
+	Seed      uint64
+	Violation error // nil: every check passed
+	Chosen    int   // (group, instance) pairs executed somewhere
+	Proposed  int
+	Acked     int
+	Crashes   int
+	Messages  int
+}
+
+const tick = 10 * time.Millisecond
+
+type node struct {
+	id       ids.NodeID
+	up       bool
+	store    *logstore.MemStore
+	ep       netio.Transport
+	replicas []*group.Replica
+	sms      []*digestSM
+	nextTick time.Time
+	nextSync time.Time
+	codec    *instance.Codec
+}
+
+type ack struct {
+	g    ids.GroupID
+	inst ids.InstanceID
+	cmd  string
+}
+
+type cluster struct {
+	opts   Options
+	rng    *rand.Rand
+	now    time.Time
+	net    *netio.MemNetwork
+	nodes  []*node
+	ids    []ids.NodeID
+	err    error
+	seq    uint64
+	chosen map[gi]uint64 // (group, instance) -> hash of the commands executed there
+	cmds   map[string]bool
+	open   []*pending
+	acks   []ack
+	res    Result
+}
+
+type gi struct {
+	g    ids.GroupID
+	inst ids.InstanceID
+}
+
+type pending struct {
+	p    *group.Proposal
+	g    ids.GroupID
+	node ids.NodeID
+	cmd  string
+}
+
+func (c *cluster) violation(format string, args ...any) {
+	if c.err == nil {
+		c.err = fmt.Errorf("seed %d at %v: %s", c.opts.Seed, c.now.Sub(time.Unix(0, 0)), fmt.Sprintf(format, args...))
+	}
+}
+
+// Run simulates one cluster from opts.Seed and checks it.
+func Run(opts Options) Result {
+	if opts.ProposeEvery == 0 {
+		opts.ProposeEvery = 2 * time.Millisecond
+	}
+	c := &cluster{
+		opts:   opts,
+		rng:    rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
+		now:    time.Unix(0, 0),
+		chosen: map[gi]uint64{},
+		cmds:   map[string]bool{},
+	}
+	c.res.Seed = opts.Seed
+	c.net = netio.NewMemNetwork(int64(opts.Seed))
+	c.net.SetClock(func() time.Time { return c.now })
+	if opts.NetFaults {
+		c.net.SetFaults(netio.Faults{DropRate: 0.05, DuplicateRate: 0.03, DelayMin: 100 * time.Microsecond, DelayMax: 4 * time.Millisecond})
+	} else {
+		c.net.SetFaults(netio.Faults{DelayMin: 100 * time.Microsecond, DelayMax: 300 * time.Microsecond})
+	}
+	for i := 1; i <= opts.Nodes; i++ {
+		c.ids = append(c.ids, ids.NodeID(i))
+	}
+	for _, id := range c.ids {
+		n := &node{id: id, store: logstore.NewMemStore(), codec: instance.NewCodec()}
+		n.ep = c.net.Endpoint(id, c.handler(n))
+		c.nodes = append(c.nodes, n)
+		c.start(n)
+	}
+	c.run()
+	c.res.Violation = c.err
+	c.res.Chosen = len(c.chosen)
+	c.res.Proposed = len(c.cmds)
+	c.res.Acked = len(c.acks)
+	return c.res
+}
+
+func (c *cluster) handler(n *node) netio.Handler {
+	return func(from ids.NodeID, g ids.GroupID, typ uint8, body []byte) {
+		c.res.Messages++
+		if !n.up || int(g) >= len(n.replicas) {
+			return
+		}
+		m, err := n.codec.Decode(instance.MsgType(typ), body)
+		if err != nil {
+			c.violation("node %d: undecodable message: %v", n.id, err)
+			return
+		}
+		m.From, m.To = from, n.id
+		if err := n.replicas[g].Step(m); err != nil {
+			c.violation("node %d group %d: step %v: %v", n.id, g, m.Type, err)
+		}
+	}
+}
+
+type sender struct {
+	n *node
+}
+
+func (s sender) Send(to ids.NodeID, g ids.GroupID, m *instance.Message) {
+	s.n.ep.Send(to, g, uint8(m.Type), s.n.codec.Encode(m))
+}
+
+// start opens every group of n from its (simulated) disk, as a restart does.
+func (c *cluster) start(n *node) {
+	n.up = true
+	n.replicas = n.replicas[:0]
+	n.sms = n.sms[:0]
+	for g := 0; g < c.opts.Groups; g++ {
+		sm := &digestSM{c: c, node: n.id, g: ids.GroupID(g)}
+		r, err := group.New(group.Config{
+			Group: ids.GroupID(g), Self: n.id, Members: c.ids,
+			Storage: n.store, Sender: sender{n}, StateMachine: sm,
+			Schedule: func(fn func()) { fn() },
+			Protocol: instance.Config{Seed: c.opts.Seed*31 + uint64(n.id), Knobs: c.opts.Knobs},
+		})
+		if err != nil {
+			c.violation("node %d: restart group %d: %v", n.id, g, err)
+			n.up = false
+			return
+		}
+		n.replicas = append(n.replicas, r)
+		n.sms = append(n.sms, sm)
+	}
+	n.nextTick = c.now.Add(time.Duration(c.rng.Int64N(int64(tick))))
+	n.nextSync = c.now.Add(c.syncDelay())
+}
+
+// syncDelay is the time to the node's next fsync: usually a fast disk, sometimes a
+// slow one, so that crashes find unsynced writes behind replies.
+func (c *cluster) syncDelay() time.Duration {
+	if c.rng.IntN(10) == 0 {
+		return time.Duration(c.rng.Int64N(int64(15 * time.Millisecond)))
+	}
+	return 200*time.Microsecond + time.Duration(c.rng.Int64N(int64(2*time.Millisecond)))
+}
+
+func (c *cluster) crash(n *node) {
+	c.res.Crashes++
+	n.up = false
+	n.store.Crash()
+	for _, r := range n.replicas {
+		r.Stop()
+	}
+	n.replicas, n.sms = nil, nil
+}
+
+// run is the event loop: it advances virtual time to the next event and runs it.
+func (c *cluster) run() {
+	end := c.now.Add(c.opts.Duration)
+	nextPropose := c.now
+	nextFault := c.now.Add(c.faultGap())
+	healed := false
+	var healAt time.Time
+	deadline := end.Add(60 * time.Second)
+	for c.err == nil {
+		if !healed && !c.now.Before(end) {
+			healed = true
+			healAt = c.now
+			c.healAll()
+		}
+		if healed && (c.converged() || c.now.After(deadline)) {
+			break
+		}
+		// Pick the earliest event.
+		next := deadline
+		if !healed {
+			next = minTime(next, nextPropose, nextFault)
+		}
+		if t, ok := c.net.NextDelivery(); ok {
+			next = minTime(next, t)
+		}
+		for _, n := range c.nodes {
+			if n.up {
+				next = minTime(next, n.nextTick, n.nextSync)
+			}
+		}
+		if next.After(c.now) {
+			c.now = next
+		}
+		c.net.DeliverDue(c.now)
+		for _, n := range c.nodes {
+			if !n.up {
+				continue
+			}
+			if !c.now.Before(n.nextSync) {
+				n.store.Sync()
+				n.nextSync = c.now.Add(c.syncDelay())
+			}
+			if !c.now.Before(n.nextTick) {
+				for _, r := range n.replicas {
+					r.Tick()
+				}
+				n.nextTick = n.nextTick.Add(tick)
+			}
+		}
+		if !healed && !c.now.Before(nextPropose) {
+			c.propose()
+			nextPropose = c.now.Add(time.Duration(c.rng.Int64N(int64(2 * c.opts.ProposeEvery))))
+		}
+		if !healed && !c.now.Before(nextFault) {
+			c.fault()
+			nextFault = c.now.Add(c.faultGap())
+		}
+		c.collect()
+	}
+	if c.err != nil {
+		return
+	}
+	if !c.converged() {
+		c.violation("no convergence %v after healing: %s", c.now.Sub(healAt), c.progress())
+		return
+	}
+	c.finalChecks()
+}
+
+func minTime(t time.Time, others ...time.Time) time.Time {
+	for _, o := range others {
+		if o.Before(t) {
+			t = o
+		}
+	}
+	return t
+}
+
+func (c *cluster) faultGap() time.Duration {
+	return 5*time.Millisecond + time.Duration(c.rng.Int64N(int64(100*time.Millisecond)))
+}
+
+// fault injects or repairs one fault. A crash prefers a node with unsynced writes:
+// that is where durability bugs hide.
+func (c *cluster) fault() {
+	n := c.nodes[c.rng.IntN(len(c.nodes))]
+	for _, o := range c.nodes {
+		if o.up && o.store.PendingCount() > 0 && c.rng.IntN(2) == 0 {
+			n = o
+			break
+		}
+	}
+	switch r := c.rng.IntN(10); {
+	case r < 4 && c.opts.Crashes:
+		if n.up && c.down() < (len(c.nodes)-1)/2 {
+			c.crash(n)
+		} else if !n.up {
+			c.start(n)
+		}
+	case r < 7 && c.opts.Partitions:
+		o := c.nodes[c.rng.IntN(len(c.nodes))]
+		if o != n {
+			c.net.Partition(n.id, o.id)
+		}
+	case c.opts.Partitions:
+		c.net.HealAll()
+	}
+	// Restart nodes that have been down a while, so crashes keep coming.
+	for _, d := range c.nodes {
+		if !d.up && c.rng.IntN(3) == 0 {
+			c.start(d)
+		}
+	}
+}
+
+func (c *cluster) down() int {
+	k := 0
+	for _, n := range c.nodes {
+		if !n.up {
+			k++
+		}
+	}
+	return k
+}
+
+func (c *cluster) healAll() {
+	c.net.HealAll()
+	c.net.SetFaults(netio.Faults{DelayMin: 100 * time.Microsecond, DelayMax: 300 * time.Microsecond})
+	for _, n := range c.nodes {
+		if !n.up {
+			c.start(n)
+		}
+	}
+}
+
+// propose submits one unique command through a random live node.
+func (c *cluster) propose() {
+	n := c.nodes[c.rng.IntN(len(c.nodes))]
+	if !n.up {
+		return
+	}
+	g := ids.GroupID(c.rng.IntN(c.opts.Groups))
+	c.seq++
+	cmd := fmt.Sprintf("c%d.g%d.n%d", c.seq, g, n.id)
+	c.cmds[cmd] = true
+	p := group.NewProposal(group.RequestID{Node: n.id, Seq: c.seq}, []byte(cmd))
+	c.open = append(c.open, &pending{p: p, g: g, node: n.id, cmd: cmd})
+	n.replicas[g].Propose(p)
+}
+
+// collect records finished proposals.
+func (c *cluster) collect() {
+	keep := c.open[:0]
+	for _, o := range c.open {
+		select {
+		case <-o.p.Done():
+			res, err := o.p.Outcome()
+			if err == nil {
+				c.acks = append(c.acks, ack{g: o.g, inst: res.Instance, cmd: o.cmd})
+				if want := "ok:" + o.cmd; string(res.Value) != want {
+					c.violation("node %d: result %q for %q", o.node, res.Value, o.cmd)
+				}
+			}
+		default:
+			keep = append(keep, o)
+		}
+	}
+	clear(c.open[len(keep):])
+	c.open = keep
+}
+
+// converged: every node is up, and all members of each group executed the same
+// number of instances, equal to the highest chosen anywhere.
+func (c *cluster) converged() bool {
+	for g := 0; g < c.opts.Groups; g++ {
+		var want ids.InstanceID
+		for _, n := range c.nodes {
+			if !n.up {
+				return false
+			}
+			want = max(want, n.replicas[g].Stats().Next)
+		}
+		for k := range c.chosen {
+			if int(k.g) == g {
+				want = max(want, k.inst+1)
+			}
+		}
+		for _, n := range c.nodes {
+			if n.sms[g].next != want {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (c *cluster) progress() string {
+	s := ""
+	for _, n := range c.nodes {
+		s += fmt.Sprintf(" node%d(up=%v", n.id, n.up)
+		for g := range n.replicas {
+			st := n.replicas[g].Stats()
+			s += fmt.Sprintf(" g%d:next=%d,applied=%d", g, st.Next, st.Applied)
+		}
+		s += ")"
+	}
+	return s
+}
+
+func (c *cluster) finalChecks() {
+	// Every acknowledged command is executed on every member at its instance.
+	for _, a := range c.acks {
+		for _, n := range c.nodes {
+			if got := n.sms[a.g].cmdAt[a.inst]; !slices.Contains(got, a.cmd) {
+				c.violation("acknowledged %q (group %d instance %d) missing on node %d: %q", a.cmd, a.g, a.inst, n.id, got)
+				return
+			}
+		}
+	}
+	for g := 0; g < c.opts.Groups; g++ {
+		d := c.nodes[0].sms[g].digest
+		for _, n := range c.nodes[1:] {
+			if n.sms[g].digest != d {
+				c.violation("group %d: digest of node %d differs from node 1", g, n.id)
+				return
+			}
+		}
+	}
+}
+
+// digestSM is the state machine of the simulation: it folds every command into a
+// digest and reports each execution to the checker.
+type digestSM struct {
+	c      *cluster
+	node   ids.NodeID
+	g      ids.GroupID
+	next   ids.InstanceID
+	digest uint64
+	cmdAt  map[ids.InstanceID][]string
+}
+
+func (s *digestSM) Applied() ids.InstanceID { return 0 }
+
+func (s *digestSM) Execute(inst ids.InstanceID, cmds [][]byte) ([][]byte, error) {
+	if inst != s.next {
+		s.c.violation("node %d group %d: executed instance %d, expected %d", s.node, s.g, inst, s.next)
+	}
+	s.next = inst + 1
+	h := fnv.New64a()
+	var b [8]byte
+	results := make([][]byte, len(cmds))
+	if s.cmdAt == nil {
+		s.cmdAt = map[ids.InstanceID][]string{}
+	}
+	for i, cmd := range cmds {
+		binary.BigEndian.PutUint64(b[:], uint64(len(cmd)))
+		h.Write(b[:])
+		h.Write(cmd)
+		if !s.c.cmds[string(cmd)] {
+			s.c.violation("node %d group %d instance %d: executed %q, never proposed", s.node, s.g, inst, cmd)
+		}
+		s.cmdAt[inst] = append(s.cmdAt[inst], string(cmd))
+		results[i] = append([]byte("ok:"), cmd...)
+	}
+	sum := h.Sum64()
+	key := gi{s.g, inst}
+	if prev, ok := s.c.chosen[key]; ok && prev != sum {
+		s.c.violation("agreement: group %d instance %d: node %d executed %q, another member executed different commands", s.g, inst, s.node, s.cmdAt[inst])
+	}
+	s.c.chosen[key] = sum
+	binary.BigEndian.PutUint64(b[:], s.digest)
+	h.Write(b[:])
+	s.digest = h.Sum64()
+	return results, nil
+}
