@@ -1,6 +1,11 @@
 package group
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/multipaxos/engine/ids"
+)
 
 // Errors a proposal can end with. Each says whether the command may still be
 // executed: only ErrUnknownOutcome leaves that open.
@@ -22,4 +27,26 @@ var (
 	// ErrStorage: the group's storage failed; the group stopped (fail-stop) and
 	// acknowledges nothing it could not persist.
 	ErrStorage = errors.New("group storage failure")
+	// ErrNotMaster: this member is not the group's master (returned by LeaseRead,
+	// and by Propose when forwarding is off). The error is a *NotMasterError that
+	// names the master this member knows of, if any.
+	ErrNotMaster = errors.New("not the master")
+	// ErrNoMaster: the group has no master this member can reach or become.
+	ErrNoMaster = errors.New("no master available")
 )
+
+// NotMasterError is ErrNotMaster with a hint: the master this member knows of (0 if
+// none is valid in its view).
+type NotMasterError struct {
+	Master ids.NodeID
+}
+
+func (e *NotMasterError) Error() string {
+	if e.Master == 0 {
+		return "not the master; no master known"
+	}
+	return fmt.Sprintf("not the master; node %d is", e.Master)
+}
+
+// Is makes errors.Is(err, ErrNotMaster) hold.
+func (e *NotMasterError) Is(target error) bool { return target == ErrNotMaster }

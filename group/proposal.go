@@ -29,12 +29,17 @@ const (
 // Proposal is one command on its way through a group. The caller creates it with
 // NewProposal, hands it to the group and waits with Wait.
 type Proposal struct {
-	ID    RequestID
-	Data  []byte
-	state atomic.Int32
-	done  chan struct{}
-	res   Result
-	err   error
+	ID   RequestID
+	Data []byte
+	kind CommandKind
+	hops uint64 // times it was forwarded between members
+	// notify, if set, is called with the outcome in the replica's context (for the
+	// engine's own proposals, which nobody Waits for).
+	notify func(Result, error)
+	state  atomic.Int32
+	done   chan struct{}
+	res    Result
+	err    error
 }
 
 // NewProposal returns a proposal of data under id.
@@ -67,6 +72,9 @@ func (p *Proposal) Done() <-chan struct{} { return p.done }
 // Outcome returns the result once Done is closed.
 func (p *Proposal) Outcome() (Result, error) { return p.res, p.err }
 
+// abandoned reports whether the caller stopped waiting.
+func (p *Proposal) abandoned() bool { return p.state.Load() == stateAbandoned }
+
 // take moves a queued proposal into an instance; false if its caller gave up.
 func (p *Proposal) take() bool { return p.state.CompareAndSwap(stateQueued, stateProposed) }
 
@@ -78,6 +86,9 @@ func (p *Proposal) finish(res Result, err error) {
 	p.state.Store(stateDone)
 	p.res, p.err = res, err
 	close(p.done)
+	if p.notify != nil {
+		p.notify(res, err)
+	}
 }
 
 // fail ends a proposal that will not be executed by this group, saying whether it

@@ -3,6 +3,9 @@ package group
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
 
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/instance"
@@ -19,10 +22,11 @@ type Storage interface {
 	Commit(b logstore.Batch, done func(error))
 }
 
-// Sender delivers protocol messages to peers. Send must not block; a lost message
-// is fine (Paxos retries).
+// Sender delivers messages to peers. Its methods must not block; a lost message is
+// fine (Paxos and the group's timers retry).
 type Sender interface {
 	Send(to ids.NodeID, g ids.GroupID, m *instance.Message)
+	SendGroup(to ids.NodeID, g ids.GroupID, m *GroupMessage)
 }
 
 // Config configures one Replica.
@@ -32,14 +36,27 @@ type Config struct {
 	Members []ids.NodeID
 	Storage Storage
 	Sender  Sender
-	// StateMachine receives the group's chosen commands.
+	// StateMachine receives the group's chosen application commands.
 	StateMachine statemachine.StateMachine
 	// Schedule runs fn later in the replica's serial context (the goroutine that
 	// calls the Replica's methods). Storage completions come back through it.
 	Schedule func(fn func())
+	// Clock is the replica's monotonic clock, used for the master lease only. Default
+	// time.Now (whose readings carry Go's monotonic clock).
+	Clock func() time.Time
 	// Protocol holds the protocol timing (in ticks), seed and test knobs; Self and
 	// Members are taken from above.
 	Protocol instance.Config
+	// Lease is the master lease length. Default 1 s.
+	Lease time.Duration
+	// ClockDrift bounds the rate difference between members' clocks (0.01 = 1%).
+	// The master trusts its lease for Lease*(1-2*ClockDrift) only. Default 0.01.
+	ClockDrift float64
+	// NotCandidate keeps this member from becoming master of the group.
+	NotCandidate bool
+	// RejectIfNotMaster makes Propose on a member that is not the master fail with
+	// a *NotMasterError instead of forwarding the command to the master.
+	RejectIfNotMaster bool
 	// BatchCountMax bounds how many commands one instance value carries. Default 1024.
 	BatchCountMax int
 	// BatchBytesMax bounds the command bytes of one instance value. Default 4 MiB.
@@ -51,6 +68,14 @@ type Config struct {
 	TeachCountMax int
 	TeachBytesMax int
 	Logger        *zap.Logger
+	// RequestSeqBase starts the sequence of the replica's own request IDs (master
+	// claims). It must differ between incarnations of a member, or a claim made
+	// before a crash and chosen after it could pass for a new one and lend it a lease
+	// it does not have. 0: random.
+	RequestSeqBase uint64
+	// LeaseObserver, if set, is told of every lease this member holds as master:
+	// [start, end) on its own clock. Tests check that leases never overlap.
+	LeaseObserver func(start, end time.Time)
 }
 
 func (c *Config) fillDefaults() {
@@ -72,13 +97,31 @@ func (c *Config) fillDefaults() {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.Lease == 0 {
+		c.Lease = time.Second
+	}
+	if c.ClockDrift == 0 {
+		c.ClockDrift = 0.01
+	}
 }
 
+// forwardHopsMax bounds how often a proposal is passed on between members that are
+// not the master, so a stale view cannot bounce it forever.
+const forwardHopsMax = 3
+
+// seenForwardTicks is how long a member remembers a forwarded proposal it took, to
+// drop duplicated frames of it: far longer than any network delay.
+const seenForwardTicks = 1024
+
 // Replica is one member's part in one group: it drives an instance.Core - persists
-// what it hands out, sends, applies - batches proposals into instance values and
-// tells callers their results. It is single-threaded: every method must be called
-// from one serial context (the node's worker for the group, or the simulation's one
-// goroutine). It starts no goroutine and reads no clock; time is Tick.
+// what it hands out, sends, applies - keeps the master lease, batches proposals into
+// instance values (on the master) or forwards them (elsewhere), serves lease reads
+// and read barriers, and tells callers their results. It is single-threaded: every
+// method must be called from one serial context (the node's worker for the group,
+// or the simulation's one goroutine). It starts no goroutine.
 //
 // The order of work for each Ready (see instance.Ready):
 //
@@ -99,15 +142,26 @@ type Replica struct {
 	waiting    []instance.Message // Messages of that batch
 	failed     error              // storage failed: fail-stop
 
-	queue        []*Proposal // queued, not in an instance
-	queuedBytes  int
-	inflight     map[RequestID]*Proposal // in the value proposed at inflightInst
+	queue        []*Proposal // application proposals not yet in an instance
+	inflight     map[RequestID]*Proposal
 	inflightInst ids.InstanceID
+	forwarded    map[RequestID]*Proposal // ours, sent to the master; settled when executed here
+	seenForward  map[RequestID]uint64    // forwarded proposals taken, with the tick they came
+	seq          uint64                  // for the replica's own (master claim) request IDs
 
 	applyQueue []instance.Entry // chosen, not yet executed (the state machine stalled)
 	applied    ids.InstanceID   // next instance to execute
+	replaying  bool
 
-	stats Stats
+	lease      masterLease
+	leaseReads []*leaseRead
+	barriers   map[uint64]*barrier
+	barrierSeq uint64
+
+	ticks     uint64
+	published atomic.Pointer[MasterInfo]
+	next      atomic.Uint64
+	stats     Stats
 }
 
 // Stats are a replica's counters.
@@ -118,6 +172,8 @@ type Stats struct {
 	Queued       int
 	Proposed     uint64 // instance values this replica proposed
 	Commands     uint64 // own commands executed
+	Forwarded    uint64 // commands forwarded to the master
+	MasterClaims uint64 // claims this replica proposed (elections and renewals)
 	SyncedWrites uint64 // storage batches that waited for an fsync
 	LazyWrites   uint64 // storage batches written without fsync
 	ApplyErrors  uint64
@@ -129,7 +185,16 @@ type Stats struct {
 // take messages.
 func New(cfg Config) (*Replica, error) {
 	cfg.fillDefaults()
-	r := &Replica{cfg: cfg, inflight: map[RequestID]*Proposal{}}
+	r := &Replica{cfg: cfg, inflight: map[RequestID]*Proposal{}, forwarded: map[RequestID]*Proposal{},
+		seenForward: map[RequestID]uint64{}, barriers: map[uint64]*barrier{}}
+	r.lease.init(&r.cfg)
+	// The replica's own request IDs have the top bit set, so they never meet the
+	// node's, and start at a fresh point in every incarnation.
+	base := cfg.RequestSeqBase
+	if base == 0 {
+		base = rand.Uint64()
+	}
+	r.seq = 1<<63 | base>>1
 	r.log = cfg.Logger.With(zap.Uint32("group", uint32(cfg.Group)))
 	meta, err := cfg.Storage.LoadMeta(cfg.Group)
 	if err != nil {
@@ -147,18 +212,25 @@ func New(cfg Config) (*Replica, error) {
 	if r.core, err = instance.New(pc, rec); err != nil {
 		return nil, fmt.Errorf("group %d: %w", cfg.Group, err)
 	}
-	r.applied = cfg.StateMachine.Applied()
-	if r.applied < meta.MinRetained {
-		return nil, fmt.Errorf("group %d: state machine at instance %d but the log starts at %d", cfg.Group, r.applied, meta.MinRetained)
-	}
-	if err := r.replay(meta.ChosenNext); err != nil {
+	if err := r.replay(meta.MinRetained, meta.ChosenNext, cfg.StateMachine.Applied()); err != nil {
 		return nil, err
 	}
+	r.publish()
 	return r, nil
 }
 
-// replay executes the chosen instances [applied, next) from the log.
-func (r *Replica) replay(next ids.InstanceID) error {
+// replay rebuilds the engine's master state from the whole retained log and runs
+// the application's state machine over [smApplied, next).
+//
+// TODO(learner issue): once the log is trimmed, the master state must be restored
+// from a checkpoint instead of the log's start.
+func (r *Replica) replay(from, next, smApplied ids.InstanceID) error {
+	if smApplied < from {
+		return fmt.Errorf("group %d: state machine at instance %d but the log starts at %d", r.cfg.Group, smApplied, from)
+	}
+	r.replaying = true
+	defer func() { r.replaying = false }()
+	r.applied = from
 	for r.applied < next {
 		es, err := r.cfg.Storage.Entries(r.cfg.Group, r.applied, 256, 4<<20)
 		if err != nil {
@@ -171,7 +243,7 @@ func (r *Replica) replay(next ids.InstanceID) error {
 			if e.Instance >= next {
 				break
 			}
-			if err := r.execute(instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}); err != nil {
+			if err := r.execute(instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}, e.Instance < smApplied); err != nil {
 				return fmt.Errorf("group %d: replay: %w", r.cfg.Group, err)
 			}
 		}
@@ -183,7 +255,8 @@ func (r *Replica) replay(next ids.InstanceID) error {
 }
 
 // Propose queues p. It fails with ErrBusy beyond PendingMax and ErrStopped after a
-// storage failure.
+// storage failure; with RejectIfNotMaster, with a *NotMasterError on a member that
+// knows another master.
 func (r *Replica) Propose(p *Proposal) {
 	switch {
 	case r.failed != nil:
@@ -192,14 +265,17 @@ func (r *Replica) Propose(p *Proposal) {
 	case len(r.queue) >= r.cfg.PendingMax:
 		p.fail(ErrBusy)
 		return
+	case r.cfg.RejectIfNotMaster && r.lease.otherValid(r.cfg.Clock()):
+		p.fail(&NotMasterError{Master: r.lease.state.Master})
+		return
 	}
 	r.queue = append(r.queue, p)
-	r.queuedBytes += len(p.Data)
-	r.maybePropose()
+	r.lease.active = true
+	r.drive()
 	r.flush()
 }
 
-// Step feeds one message from a peer.
+// Step feeds one protocol message from a peer.
 func (r *Replica) Step(m instance.Message) error {
 	if r.failed != nil {
 		return nil
@@ -211,17 +287,78 @@ func (r *Replica) Step(m instance.Message) error {
 	return nil
 }
 
+// StepGroup feeds one group-level message from a peer.
+func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
+	if r.failed != nil {
+		return nil
+	}
+	if !r.core.IsMember(from) {
+		return fmt.Errorf("group message %d from node %d, not a member", m.Type, from)
+	}
+	switch m.Type {
+	case MsgForward:
+		for _, c := range m.Commands {
+			if c.Kind != KindApp || len(r.queue) >= r.cfg.PendingMax {
+				continue // only the engine itself makes system commands; a full queue sheds load
+			}
+			if _, dup := r.seenForward[c.ID]; dup {
+				continue // a duplicated frame: proposing it again would execute it twice
+			}
+			r.seenForward[c.ID] = r.ticks
+			p := NewProposal(c.ID, c.Data)
+			p.hops = m.Hops
+			r.queue = append(r.queue, p)
+		}
+		r.lease.active = true
+		r.drive()
+	case MsgReadIndex:
+		r.cfg.Sender.SendGroup(from, r.cfg.Group, &GroupMessage{Type: MsgReadIndexReply, ID: m.ID, Index: uint64(r.readIndex())})
+	case MsgReadIndexReply:
+		r.onReadIndexReply(from, m.ID, ids.InstanceID(m.Index))
+	}
+	r.flush()
+	return nil
+}
+
 // Tick advances the replica's logical clock.
 func (r *Replica) Tick() {
 	if r.failed != nil {
 		return
 	}
+	r.ticks++
 	r.core.Tick()
 	r.drainApply() // retry a stalled state machine
+	r.tickBarriers()
+	if r.ticks%64 == 0 {
+		for id, p := range r.forwarded {
+			if p.abandoned() {
+				delete(r.forwarded, id)
+			}
+		}
+		for id, at := range r.seenForward {
+			if r.ticks-at > seenForwardTicks {
+				delete(r.seenForward, id)
+			}
+		}
+	}
+	r.drive()
 	r.flush()
 }
 
-// Stop fails every proposal still waiting. The replica must not be used afterwards.
+// NeedsTick reports whether the replica has a timer running. An idle group needs no
+// ticks; the node skips it, which keeps thousands of idle groups cheap.
+func (r *Replica) NeedsTick() bool {
+	return r.failed == nil && (r.core.Busy() || r.persisting || len(r.applyQueue) > 0 || len(r.queue) > 0 ||
+		len(r.forwarded) > 0 || len(r.barriers) > 0 || len(r.leaseReads) > 0 || len(r.inflight) > 0 ||
+		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()))
+}
+
+// Next is the first instance this member does not know chosen; safe to call from
+// any goroutine.
+func (r *Replica) Next() ids.InstanceID { return ids.InstanceID(r.next.Load()) }
+
+// Stop fails every proposal and read still waiting. The replica must not be used
+// afterwards.
 func (r *Replica) Stop() {
 	r.failAll(ErrStopped)
 }
@@ -237,37 +374,145 @@ func (r *Replica) Stats() Stats {
 // Core exposes the protocol state for tests and the simulation's checks.
 func (r *Replica) Core() *instance.Core { return r.core }
 
-// maybePropose packs queued proposals into the next instance value once the
-// previous one is resolved.
-func (r *Replica) maybePropose() {
-	if len(r.inflight) > 0 || len(r.queue) == 0 || !r.core.ProposerIdle() || r.failed != nil {
+// drive moves queued work along according to who is master: propose it (master),
+// forward it (another master is valid), or claim mastership (nobody is).
+func (r *Replica) drive() {
+	if r.failed != nil {
+		return
+	}
+	now := r.cfg.Clock()
+	switch {
+	case r.lease.isMaster(now):
+		if r.lease.shouldRenew(now) {
+			r.claim(r.cfg.Self, now)
+		}
+		r.serveLeaseReads(now)
+	case r.lease.otherValid(now):
+		r.forwardQueue(r.lease.state.Master)
+		r.rejectLeaseReads(r.lease.state.Master)
+	case len(r.queue) > 0 || len(r.leaseReads) > 0 || r.lease.wanted:
+		if !r.cfg.NotCandidate {
+			r.claim(r.cfg.Self, now)
+		} else {
+			r.forwardQueue(r.nextMember())
+			r.rejectLeaseReads(0)
+		}
+	}
+	r.maybePropose(now)
+	r.publish()
+}
+
+// claim queues a master claim for candidate (ourselves: election or renewal; another
+// node: a transfer), unless one is already on its way.
+func (r *Replica) claim(candidate ids.NodeID, now time.Time) {
+	if r.lease.claim != nil {
+		return
+	}
+	r.seq++
+	id := RequestID{Node: r.cfg.Self, Seq: r.seq}
+	p := NewProposal(id, statemachine.EncodeClaim(statemachine.MasterClaim{
+		Candidate: candidate, Expect: r.lease.state.Version, Lease: r.cfg.Lease}))
+	p.kind = KindMaster
+	r.lease.claim, r.lease.claimStart, r.lease.wanted, r.lease.active = p, now, false, false
+	r.lease.claimVersion = r.lease.state.Version
+	r.stats.MasterClaims++
+}
+
+// nextMember is where a member that may not become master sends work when nobody is
+// master: the next member in ID order, which may claim.
+func (r *Replica) nextMember() ids.NodeID {
+	ms := r.cfg.Members
+	for i, m := range ms {
+		if m == r.cfg.Self {
+			return ms[(i+1)%len(ms)]
+		}
+	}
+	return ms[0]
+}
+
+// forwardQueue sends queued proposals to another member (the master, normally).
+func (r *Replica) forwardQueue(to ids.NodeID) {
+	if len(r.queue) == 0 || to == r.cfg.Self || to == 0 {
 		return
 	}
 	var cmds []Command
-	bytes, n := 0, 0
-	for n < len(r.queue) && len(cmds) < r.cfg.BatchCountMax {
-		p := r.queue[n]
-		if len(cmds) > 0 && bytes+len(p.Data) > r.cfg.BatchBytesMax {
-			break
-		}
-		n++
-		r.queuedBytes -= len(p.Data)
+	hops := uint64(0)
+	for _, p := range r.queue {
 		if !p.take() {
-			continue // its caller gave up
+			continue
 		}
-		bytes += len(p.Data)
-		cmds = append(cmds, Command{ID: p.ID, Data: p.Data})
-		r.inflight[p.ID] = p
+		if p.hops >= forwardHopsMax {
+			p.fail(ErrNoMaster) // a stranger's proposal that bounced too often
+			continue
+		}
+		hops = max(hops, p.hops)
+		cmds = append(cmds, Command{ID: p.ID, Kind: KindApp, Data: p.Data})
+		if p.ID.Node == r.cfg.Self {
+			r.forwarded[p.ID] = p
+		}
+		if len(cmds) == r.cfg.BatchCountMax {
+			r.sendForward(to, hops, cmds)
+			cmds, hops = nil, 0
+		}
 	}
-	clear(r.queue[:n])
-	r.queue = r.queue[n:]
+	clear(r.queue)
+	r.queue = r.queue[:0]
+	r.sendForward(to, hops, cmds)
+}
+
+func (r *Replica) sendForward(to ids.NodeID, hops uint64, cmds []Command) {
+	if len(cmds) == 0 {
+		return
+	}
+	r.stats.Forwarded += uint64(len(cmds))
+	r.cfg.Sender.SendGroup(to, r.cfg.Group, &GroupMessage{Type: MsgForward, Hops: hops + 1, Commands: cmds})
+}
+
+// maybePropose packs the pending master claim and, on the master, queued
+// application proposals into the next instance value once the previous one is
+// resolved.
+func (r *Replica) maybePropose(now time.Time) {
+	if len(r.inflight) > 0 || !r.core.ProposerIdle() || r.failed != nil {
+		return
+	}
+	var cmds []Command
+	if c := r.lease.claim; c != nil && r.lease.claimStale(now) {
+		// The master changed, or one became valid, since the claim was made.
+		// Proposing it anyway would be harmless to the master state (its version
+		// check fails) but not to the master's lease: its phase 1 could adopt and
+		// choose the master's in-flight value without the master knowing, and the
+		// master's next lease read would miss it.
+		r.lease.claim = nil
+		c.fail(ErrBusy)
+	}
+	if c := r.lease.claim; c != nil && c.take() {
+		cmds = append(cmds, Command{ID: c.ID, Kind: KindMaster, Data: c.Data})
+		r.inflight[c.ID] = c
+	}
+	if r.lease.isMaster(now) {
+		bytes, n := 0, 0
+		for n < len(r.queue) && len(cmds) < r.cfg.BatchCountMax {
+			p := r.queue[n]
+			if len(cmds) > 0 && bytes+len(p.Data) > r.cfg.BatchBytesMax {
+				break
+			}
+			n++
+			if !p.take() {
+				continue // its caller gave up
+			}
+			bytes += len(p.Data)
+			cmds = append(cmds, Command{ID: p.ID, Kind: KindApp, Data: p.Data})
+			r.inflight[p.ID] = p
+		}
+		clear(r.queue[:n])
+		r.queue = r.queue[n:]
+	}
 	if len(cmds) == 0 {
 		return
 	}
 	r.inflightInst = r.core.Next()
 	if err := r.core.Propose(encodeValue(cmds)); err != nil {
-		// ProposerIdle was checked above; only a non-member gets here.
-		r.requeueInflight()
+		r.requeueInflight() // only a non-member gets here
 		r.log.Warn("propose failed", zap.Error(err))
 		return
 	}
@@ -345,10 +590,23 @@ func (r *Replica) failAll(err error) {
 		p.fail(err)
 	}
 	clear(r.inflight)
+	for _, p := range r.forwarded {
+		p.fail(err)
+	}
+	clear(r.forwarded)
 	for _, p := range r.queue {
 		p.fail(err)
 	}
-	r.queue, r.queuedBytes = nil, 0
+	r.queue = nil
+	for _, lr := range r.leaseReads {
+		lr.done(err)
+	}
+	r.leaseReads = nil
+	for id, b := range r.barriers {
+		b.done(err)
+		delete(r.barriers, id)
+	}
+	r.lease.claim = nil
 }
 
 func (r *Replica) batchOf(rd instance.Ready) logstore.Batch {
@@ -365,14 +623,12 @@ func (r *Replica) batchOf(rd instance.Ready) logstore.Batch {
 // handleUnpersisted does the parts of a Ready that wait for nothing.
 func (r *Replica) handleUnpersisted(rd instance.Ready) {
 	r.sendAll(rd.SendNow)
-	for _, e := range rd.Committed {
-		r.applyQueue = append(r.applyQueue, e)
-	}
+	r.applyQueue = append(r.applyQueue, rd.Committed...)
 	r.drainApply()
 	for _, t := range rd.Teach {
 		r.teach(t)
 	}
-	r.maybePropose()
+	r.drive()
 }
 
 func (r *Replica) sendAll(msgs []instance.Message) {
@@ -410,24 +666,30 @@ func (r *Replica) teach(t instance.LearnRequest) {
 
 // drainApply executes chosen instances in order until the state machine stalls.
 func (r *Replica) drainApply() {
+	progressed := false
 	for len(r.applyQueue) > 0 {
 		e := r.applyQueue[0]
 		if e.Instance >= r.applied {
-			if err := r.execute(e); err != nil {
+			if err := r.execute(e, false); err != nil {
 				r.stats.ApplyErrors++
 				r.log.Error("state machine cannot apply: group stalled, will retry",
 					zap.Uint64("instance", uint64(e.Instance)), zap.Error(err))
-				return
+				break
 			}
+			progressed = true
 		}
 		r.applyQueue[0] = instance.Entry{}
 		r.applyQueue = r.applyQueue[1:]
 	}
+	if progressed {
+		r.checkBarriers()
+	}
 }
 
-// execute runs instance e on the state machine and settles the proposals of ours
-// that were in it.
-func (r *Replica) execute(e instance.Entry) error {
+// execute runs instance e: master claims on the master state, application commands
+// on the state machine (unless skipApp: a replay below the state machine's durable
+// point), and settles the proposals of ours that were in it.
+func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 	if e.Instance != r.applied {
 		panic(fmt.Sprintf("group %d: executing instance %d, next to apply is %d", r.cfg.Group, e.Instance, r.applied))
 	}
@@ -435,24 +697,49 @@ func (r *Replica) execute(e instance.Entry) error {
 	if err != nil {
 		return fmt.Errorf("instance %d: %w", e.Instance, err)
 	}
-	data := make([][]byte, len(cmds))
-	for i := range cmds {
-		data[i] = cmds[i].Data
+	results := make([][]byte, len(cmds))
+	var app [][]byte
+	var appAt []int
+	for i, c := range cmds {
+		if c.Kind == KindApp {
+			app = append(app, c.Data)
+			appAt = append(appAt, i)
+		}
 	}
-	results, err := r.cfg.StateMachine.Execute(e.Instance, data)
-	if err != nil {
-		return err
+	if !skipApp {
+		out, err := r.cfg.StateMachine.Execute(e.Instance, app)
+		if err != nil {
+			return err
+		}
+		for k, i := range appAt {
+			if k < len(out) {
+				results[i] = out[k]
+			}
+		}
+	}
+	// Master claims change state only once the instance is past the state machine:
+	// a stalled state machine retries the whole instance and must not apply a claim
+	// twice.
+	for i, c := range cmds {
+		if c.Kind == KindMaster {
+			results[i] = r.applyClaim(e.Instance, c)
+		}
 	}
 	r.applied++
+	r.next.Store(uint64(r.core.Next()))
 	for i, c := range cmds {
-		if p, ok := r.inflight[c.ID]; ok && c.ID.Node == r.cfg.Self {
-			var res []byte
-			if i < len(results) {
-				res = results[i]
-			}
+		// Settle what we proposed (ours or forwarded to us) and, on the member a
+		// command came from, the caller waiting for it.
+		if p, ok := r.inflight[c.ID]; ok {
 			delete(r.inflight, c.ID)
+			if c.Kind == KindApp && c.ID.Node == r.cfg.Self {
+				r.stats.Commands++
+			}
+			p.finish(Result{Instance: e.Instance, Value: results[i]}, nil)
+		} else if p, ok := r.forwarded[c.ID]; ok {
+			delete(r.forwarded, c.ID)
 			r.stats.Commands++
-			p.finish(Result{Instance: e.Instance, Value: res}, nil)
+			p.finish(Result{Instance: e.Instance, Value: results[i]}, nil)
 		}
 	}
 	if len(r.inflight) > 0 && e.Instance >= r.inflightInst {
@@ -463,15 +750,49 @@ func (r *Replica) execute(e instance.Entry) error {
 	return nil
 }
 
+// requeueInflight puts application proposals whose instance chose another value
+// back at the front of the queue. A master claim is dropped instead: drive decides
+// afresh whether one is still needed, with the current version.
 func (r *Replica) requeueInflight() {
 	var back []*Proposal
 	for _, p := range r.inflight {
+		if p.kind == KindMaster {
+			p.requeue()
+			if r.lease.claim == p {
+				r.lease.claim = nil
+			}
+			continue
+		}
 		if p.requeue() {
 			back = append(back, p)
-			r.queuedBytes += len(p.Data)
 		}
 	}
 	clear(r.inflight)
 	sortByID(back)
 	r.queue = append(back, r.queue...)
+}
+
+// publish makes the master view and progress readable from other goroutines.
+func (r *Replica) publish() {
+	r.next.Store(uint64(r.core.Next()))
+	now := r.cfg.Clock()
+	info := MasterInfo{Version: r.lease.state.Version}
+	switch {
+	case r.lease.isMaster(now):
+		info.Master, info.Expiry, info.IsSelf = r.cfg.Self, r.lease.expiry, true
+	case r.lease.otherValid(now):
+		info.Master, info.Expiry = r.lease.state.Master, r.lease.expiry
+	}
+	if old := r.published.Load(); old == nil || *old != info {
+		r.published.Store(&info)
+	}
+}
+
+// Master returns the group's master as this member sees it; safe to call from any
+// goroutine.
+func (r *Replica) Master() MasterInfo {
+	if p := r.published.Load(); p != nil {
+		return *p
+	}
+	return MasterInfo{}
 }

@@ -19,18 +19,32 @@ type RequestID struct {
 	Seq  uint64
 }
 
-// Command is one application command inside an instance value.
+// CommandKind says which state machine a command is for.
+type CommandKind uint8
+
+const (
+	// KindApp commands go to the application's state machine.
+	KindApp CommandKind = iota
+	// KindMaster commands go to the engine's master-lease state machine.
+	KindMaster
+	kindEnd
+)
+
+// Command is one command inside an instance value.
 type Command struct {
 	ID   RequestID
+	Kind CommandKind
 	Data []byte
 }
 
 // ErrBadValue is wrapped by every failure to decode an instance value.
 var ErrBadValue = errors.New("group: bad instance value")
 
-// An instance value is a msgpack array [version, [[node, seq, data], ...]]. Version 1
-// is an application batch; an empty batch is a no-op.
-const valueVersion = 1
+// An instance value is a msgpack array [version, [[node, seq, kind, data], ...]].
+// An empty batch is a no-op. Engine-internal commands (a master claim) travel in the
+// same batch as application commands, so a busy group renews its master lease at no
+// extra instance.
+const valueVersion = 2
 
 // encodeValue packs a batch of commands into one instance value.
 func encodeValue(cmds []Command) []byte {
@@ -41,9 +55,10 @@ func encodeValue(cmds []Command) []byte {
 	_ = e.EncodeUint(valueVersion)
 	_ = e.EncodeArrayLen(len(cmds))
 	for _, c := range cmds {
-		_ = e.EncodeArrayLen(3)
+		_ = e.EncodeArrayLen(4)
 		_ = e.EncodeUint(uint64(c.ID.Node))
 		_ = e.EncodeUint(c.ID.Seq)
+		_ = e.EncodeUint(uint64(c.Kind))
 		_ = e.EncodeBytes(c.Data)
 	}
 	return buf.Bytes()
@@ -79,14 +94,18 @@ func decodeValue(v []byte) ([]Command, error) {
 	}
 	cmds := make([]Command, 0, n)
 	for i := 0; i < n; i++ {
-		if k, err := d.DecodeArrayLen(); err != nil || k != 3 {
+		if k, err := d.DecodeArrayLen(); err != nil || k != 4 {
 			return fail("command", fmt.Errorf("array of %d, %v", k, err))
 		}
 		node, err1 := d.DecodeUint64()
 		seq, err2 := d.DecodeUint64()
-		l, err3 := d.DecodeBytesLen()
-		if err := errors.Join(err1, err2, err3); err != nil {
+		kind, err3 := d.DecodeUint64()
+		l, err4 := d.DecodeBytesLen()
+		if err := errors.Join(err1, err2, err3, err4); err != nil {
 			return fail("command", err)
+		}
+		if kind >= uint64(kindEnd) {
+			return fail("command kind", fmt.Errorf("%d", kind))
 		}
 		if l > r.Len() {
 			return fail("command data", fmt.Errorf("%d bytes claimed, %d left", l, r.Len()))
@@ -98,7 +117,7 @@ func decodeValue(v []byte) ([]Command, error) {
 				return fail("command data", err)
 			}
 		}
-		cmds = append(cmds, Command{ID: RequestID{Node: ids.NodeID(node), Seq: seq}, Data: data})
+		cmds = append(cmds, Command{ID: RequestID{Node: ids.NodeID(node), Seq: seq}, Kind: CommandKind(kind), Data: data})
 	}
 	if r.Len() != 0 {
 		return fail("trailer", fmt.Errorf("%d bytes left", r.Len()))

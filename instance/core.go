@@ -198,6 +198,29 @@ func (c *Core) Propose(value []byte) error {
 	return nil
 }
 
+// CancelProposal stops the proposal in flight, if any: no more retries or Accepts
+// from this proposer for it. Values it already got accepted stay where they are and
+// may still be chosen (another proposer's phase 1 adopts them), so the caller learns
+// the instance's outcome as usual, from Committed. The fast path is dropped, so the
+// next proposal runs phase 1 again.
+func (c *Core) CancelProposal() {
+	p := &c.p
+	if p.phase == phaseIdle {
+		return
+	}
+	p.phase, p.own, p.value, p.timer, p.prepared = phaseIdle, nil, nil, 0, false
+	p.votes = p.votes[:0]
+}
+
+// Busy reports whether the core has a timer running: a proposal in flight or an
+// unanswered learn request. An idle core needs no ticks (the driver may stop
+// ticking it, which is what keeps thousands of idle groups cheap).
+func (c *Core) Busy() bool { return c.p.phase != phaseIdle || c.learnWait > 0 }
+
+// AcceptedAtNext reports whether the acceptor holds an accepted value at Next: a
+// read barrier counts such an instance as possibly chosen already.
+func (c *Core) AcceptedAtNext() bool { return !c.accepted.IsZero() }
+
 // Tick advances the logical clock by one tick.
 func (c *Core) Tick() {
 	if c.p.phase != phaseIdle && c.p.timer > 0 {

@@ -169,6 +169,14 @@ func TestKilledMemberRejoins(t *testing.T) {
 			return
 		}
 		if time.Now().After(deadline) {
+			for g := 0; g < groups; g++ {
+				for i, n := range nodes {
+					st, _ := n.GroupStats(context.Background(), ids.GroupID(g))
+					m, _ := n.Master(ids.GroupID(g))
+					next, d := sms[ids.NodeID(i+1)][g].state()
+					t.Logf("g%d node %d: sm %d/%x master %d stats %+v", g, i+1, next, d, m, st)
+				}
+			}
 			t.Fatalf("killed member did not converge:\n got %s\nwant %s", got, want)
 		}
 		time.Sleep(50 * time.Millisecond)

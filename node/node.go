@@ -51,7 +51,14 @@ var (
 	ErrUnknownOutcome = group.ErrUnknownOutcome
 	ErrBusy           = group.ErrBusy
 	ErrStorage        = group.ErrStorage
+	// ErrNotMaster: see NotMasterError.
+	ErrNotMaster = group.ErrNotMaster
+	// ErrNoMaster: the group has no master this node can reach or become.
+	ErrNoMaster = group.ErrNoMaster
 )
+
+// NotMasterError is ErrNotMaster with the master this node knows of (0: none).
+type NotMasterError = group.NotMasterError
 
 // Result is the outcome of a successful Propose: the instance that chose the
 // command and the state machine's result for it on this node.
@@ -85,6 +92,7 @@ type runner struct {
 	ticks     int
 	scheduled bool
 	closed    bool
+	wantTick  atomic.Bool // the replica has a timer running (NeedsTick)
 }
 
 // Start opens the data dir, starts the transport, opens every group (replaying what
@@ -112,7 +120,7 @@ func Start(opts Options) (*Node, error) {
 		AcceptTimeoutTicks:  opts.ticks(opts.ProposeRetryTimeout),
 		RetryJitterTicks:    max(1, opts.ticks(opts.ProposeRetryTimeout)/3),
 		LearnTimeoutTicks:   opts.ticks(opts.LearnRetryTimeout),
-		StatusIntervalTicks: opts.ticks(opts.StatusInterval),
+		StatusIntervalTicks: -1, // the node-wide status exchange does it for all groups at once
 		Seed:                rand.Uint64(),
 		Knobs:               opts.Knobs,
 	}
@@ -123,7 +131,10 @@ func Start(opts Options) (*Node, error) {
 			Group: r.g, Self: opts.NodeID, Members: members,
 			Storage: store, Sender: n, StateMachine: opts.StateMachines(r.g),
 			Schedule: r.schedule, Protocol: proto,
-			BatchCountMax: opts.BatchCountMax, BatchBytesMax: opts.BatchBytesMax,
+			Lease: opts.Lease, ClockDrift: opts.ClockDrift,
+			NotCandidate:      opts.MasterCandidate != nil && !opts.MasterCandidate(r.g),
+			RejectIfNotMaster: opts.RejectIfNotMaster,
+			BatchCountMax:     opts.BatchCountMax, BatchBytesMax: opts.BatchBytesMax,
 			PendingMax: opts.PendingMax, Logger: opts.Logger,
 		})
 		if err != nil {
@@ -131,6 +142,7 @@ func Start(opts Options) (*Node, error) {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		r.replica = rep
+		r.wantTick.Store(true)
 		n.groups[g] = r
 	}
 
@@ -243,10 +255,32 @@ func (n *Node) Send(to ids.NodeID, g ids.GroupID, m *instance.Message) {
 	n.codecs.Put(c)
 }
 
+// SendGroup implements group.Sender.
+func (n *Node) SendGroup(to ids.NodeID, g ids.GroupID, m *group.GroupMessage) {
+	n.tr.Send(to, g, m.Type, group.EncodeGroupMessage(m))
+}
+
 // onFrame runs on the network event loop: decode and post, nothing slow.
 func (n *Node) onFrame(from ids.NodeID, g ids.GroupID, typ uint8, body []byte) {
+	if typ == msgNodeStatus {
+		n.onNodeStatus(from, body)
+		return
+	}
 	if int(g) >= len(n.groups) {
 		n.log.Warn("frame for unknown group dropped", zap.Uint64("from", uint64(from)), zap.Uint32("group", uint32(g)))
+		return
+	}
+	if group.IsGroupMessage(typ) {
+		gm, err := group.DecodeGroupMessage(typ, body)
+		if err != nil {
+			n.log.Warn("undecodable group message dropped", zap.Uint64("from", uint64(from)), zap.Uint32("group", uint32(g)), zap.Error(err))
+			return
+		}
+		n.groups[g].post(func(r *group.Replica) {
+			if err := r.StepGroup(from, gm); err != nil {
+				n.log.Warn("group message refused", zap.Uint32("group", uint32(g)), zap.Error(err))
+			}
+		})
 		return
 	}
 	c := n.codecs.Get().(*instance.Codec)
@@ -268,14 +302,21 @@ func (n *Node) ticker() {
 	defer n.wg.Done()
 	t := time.NewTicker(n.opts.TickInterval)
 	defer t.Stop()
+	status := time.NewTicker(n.opts.StatusInterval)
+	defer status.Stop()
 	for {
 		select {
 		case <-n.quit:
 			return
 		case <-t.C:
+			// Only groups with a timer running are ticked: idle groups cost nothing.
 			for _, r := range n.groups {
-				r.tick()
+				if r.wantTick.Load() {
+					r.tick()
+				}
 			}
+		case <-status.C:
+			n.sendNodeStatus()
 		}
 	}
 }
@@ -348,6 +389,7 @@ func (r *runner) run() {
 		for ; ticks > 0; ticks-- {
 			r.replica.Tick()
 		}
+		r.wantTick.Store(r.replica.NeedsTick())
 		select {
 		case <-r.n.quit:
 			r.mu.Lock()

@@ -44,9 +44,23 @@ type Options struct {
 	// LearnRetryTimeout is how long a lagging member waits for a teacher before it
 	// asks again. Default 200 ms.
 	LearnRetryTimeout time.Duration
-	// StatusInterval is the period of the cheap probe by which a member that fell
-	// behind in an idle group notices it. Default 2 s.
+	// StatusInterval is the period of the node-wide status exchange: one frame per
+	// peer carrying every group's progress, by which a member that fell behind in an
+	// idle group notices it. Default 2 s.
 	StatusInterval time.Duration
+	// Lease is the master lease. A member that sees no valid master claims
+	// mastership when it has work; a failed master is replaced about one Lease after
+	// its last renewal. Default 1 s.
+	Lease time.Duration
+	// ClockDrift bounds the rate difference between members' monotonic clocks (0.01
+	// = 1%); the master trusts its lease for Lease*(1-2*ClockDrift). Default 0.01.
+	ClockDrift float64
+	// MasterCandidate says whether this node may become master of group g. nil: of
+	// every group. SetMasterCandidate changes it at run time.
+	MasterCandidate func(g ids.GroupID) bool
+	// RejectIfNotMaster makes Propose on a node that knows another master fail with
+	// a *NotMasterError naming it, instead of forwarding the command there.
+	RejectIfNotMaster bool
 
 	// ValueBytesMax bounds one proposed command, in bytes. Larger ones fail with
 	// ErrValueTooLarge. Default 1 MiB; at most a quarter of MaxFrameBytes.
@@ -90,6 +104,10 @@ func (o Options) withDefaults() Options {
 	def(&o.ProposeRetryTimeout, 500*time.Millisecond)
 	def(&o.LearnRetryTimeout, 200*time.Millisecond)
 	def(&o.StatusInterval, 2*time.Second)
+	def(&o.Lease, time.Second)
+	if o.ClockDrift == 0 {
+		o.ClockDrift = 0.01
+	}
 	defInt := func(d *int, v int) {
 		if *d == 0 {
 			*d = v
@@ -137,6 +155,12 @@ func (o Options) validate() error {
 		if d.v < o.TickInterval {
 			bad("%s is %v, below TickInterval %v", d.name, d.v, o.TickInterval)
 		}
+	}
+	if o.Lease < 2*o.TickInterval {
+		bad("Lease is %v, want at least two ticks (%v)", o.Lease, 2*o.TickInterval)
+	}
+	if o.ClockDrift < 0 || o.ClockDrift >= 0.25 {
+		bad("ClockDrift is %v, want 0 .. 0.25", o.ClockDrift)
 	}
 	if o.ValueBytesMax < 1 || o.ValueBytesMax > o.MaxFrameBytes/4 {
 		bad("ValueBytesMax is %d, want 1 .. MaxFrameBytes/4 (%d)", o.ValueBytesMax, o.MaxFrameBytes/4)

@@ -33,6 +33,22 @@ type Options struct {
 	ProposeEvery time.Duration
 	// Knobs plant bugs (see instance.Knobs).
 	Knobs instance.Knobs
+	// ClockDrift bounds each node's clock rate: |rate-1| <= ClockDrift, changed at
+	// random times. 0 means perfect clocks.
+	ClockDrift float64
+	// Lease is the master lease. Default 200 ms.
+	Lease time.Duration
+	// Reads issues lease reads and read barriers and checks they see every write
+	// acknowledged before they started.
+	Reads bool
+	// Transfers makes masters hand over mastership at random times.
+	Transfers bool
+	// Trace, if set, receives a line for every crash, restart, master lease and
+	// execution (of group 0): for reading a failing seed.
+	Trace func(line string)
+	// LeaseSafetyOff makes masters trust their leases longer than the drift
+	// allows: a planted bug for the lease checker.
+	LeaseSafetyOff bool
 }
 
 // Result is the outcome of one run.
@@ -44,29 +60,43 @@ type Result struct {
 	Acked     int
 	Crashes   int
 	Messages  int
+	Reads     int // lease reads and barriers that completed and were checked
+	Masters   int // master leases observed
 }
 
 const tick = 10 * time.Millisecond
 
 type node struct {
-	id       ids.NodeID
-	up       bool
-	store    *logstore.MemStore
-	ep       netio.Transport
-	replicas []*group.Replica
-	sms      []*digestSM
-	nextTick time.Time
-	nextSync time.Time
-	codec    *instance.Codec
+	id ids.NodeID
+	// The node's clock: clockBase at realAt, advancing at rate.
+	clockBase time.Time
+	realAt    time.Time
+	rate      float64
+	up        bool
+	store     *logstore.MemStore
+	ep        netio.Transport
+	replicas  []*group.Replica
+	sms       []*digestSM
+	nextTick  time.Time
+	nextSync  time.Time
+	codec     *instance.Codec
 }
 
 type ack struct {
 	g    ids.GroupID
 	inst ids.InstanceID
 	cmd  string
+	at   time.Time // real time of the acknowledgement
+}
+
+func (c *cluster) debugf(format string, args ...any) {
+	if c.opts.Trace != nil {
+		c.opts.Trace(fmt.Sprintf("%v ", c.now.Sub(c.start)) + fmt.Sprintf(format, args...))
+	}
 }
 
 type cluster struct {
+	start  time.Time
 	opts   Options
 	rng    *rand.Rand
 	now    time.Time
@@ -80,6 +110,17 @@ type cluster struct {
 	open   []*pending
 	acks   []ack
 	res    Result
+	reads  []*pendingRead
+}
+
+type pendingRead struct {
+	n      *node
+	g      ids.GroupID
+	issued time.Time
+	lease  bool
+	done   bool
+	err    error
+	seen   map[string]bool // what the read saw (lease read: inside fn)
 }
 
 type gi struct {
@@ -109,6 +150,7 @@ func Run(opts Options) Result {
 		opts:   opts,
 		rng:    rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
 		now:    time.Unix(0, 0),
+		start:  time.Unix(0, 0),
 		chosen: map[gi]uint64{},
 		cmds:   map[string]bool{},
 	}
@@ -123,11 +165,16 @@ func Run(opts Options) Result {
 	for i := 1; i <= opts.Nodes; i++ {
 		c.ids = append(c.ids, ids.NodeID(i))
 	}
+	if opts.Lease == 0 {
+		opts.Lease = 200 * time.Millisecond
+		c.opts.Lease = opts.Lease
+	}
 	for _, id := range c.ids {
-		n := &node{id: id, store: logstore.NewMemStore(), codec: instance.NewCodec()}
+		n := &node{id: id, store: logstore.NewMemStore(), codec: instance.NewCodec(),
+			clockBase: time.Unix(1000, 0), realAt: c.now, rate: 1}
 		n.ep = c.net.Endpoint(id, c.handler(n))
 		c.nodes = append(c.nodes, n)
-		c.start(n)
+		c.startNode(n)
 	}
 	c.run()
 	c.res.Violation = c.err
@@ -141,6 +188,17 @@ func (c *cluster) handler(n *node) netio.Handler {
 	return func(from ids.NodeID, g ids.GroupID, typ uint8, body []byte) {
 		c.res.Messages++
 		if !n.up || int(g) >= len(n.replicas) {
+			return
+		}
+		if group.IsGroupMessage(typ) {
+			gm, err := group.DecodeGroupMessage(typ, body)
+			if err != nil {
+				c.violation("node %d: undecodable group message: %v", n.id, err)
+				return
+			}
+			if err := n.replicas[g].StepGroup(from, gm); err != nil {
+				c.violation("node %d group %d: step group message %d: %v", n.id, g, typ, err)
+			}
 			return
 		}
 		m, err := n.codec.Decode(instance.MsgType(typ), body)
@@ -163,18 +221,44 @@ func (s sender) Send(to ids.NodeID, g ids.GroupID, m *instance.Message) {
 	s.n.ep.Send(to, g, uint8(m.Type), s.n.codec.Encode(m))
 }
 
+func (s sender) SendGroup(to ids.NodeID, g ids.GroupID, m *group.GroupMessage) {
+	s.n.ep.Send(to, g, m.Type, group.EncodeGroupMessage(m))
+}
+
+// clock reads node n's clock at the cluster's real time.
+func (c *cluster) clock(n *node) time.Time {
+	return n.clockBase.Add(time.Duration(float64(c.now.Sub(n.realAt)) * n.rate))
+}
+
+// driftClock gives node n a new clock rate within the drift bound, continuously.
+func (c *cluster) driftClock(n *node) {
+	n.clockBase, n.realAt = c.clock(n), c.now
+	n.rate = 1 + c.opts.ClockDrift*(2*c.rng.Float64()-1)
+}
+
 // start opens every group of n from its (simulated) disk, as a restart does.
-func (c *cluster) start(n *node) {
+func (c *cluster) startNode(n *node) {
+	c.debugf("start node %d", n.id)
 	n.up = true
 	n.replicas = n.replicas[:0]
 	n.sms = n.sms[:0]
 	for g := 0; g < c.opts.Groups; g++ {
 		sm := &digestSM{c: c, node: n.id, g: ids.GroupID(g)}
+		drift := c.opts.ClockDrift
+		if c.opts.LeaseSafetyOff {
+			drift = -0.2 // the master trusts its lease 40% longer than it was granted
+		}
 		r, err := group.New(group.Config{
 			Group: ids.GroupID(g), Self: n.id, Members: c.ids,
 			Storage: n.store, Sender: sender{n}, StateMachine: sm,
 			Schedule: func(fn func()) { fn() },
-			Protocol: instance.Config{Seed: c.opts.Seed*31 + uint64(n.id), Knobs: c.opts.Knobs},
+			Clock:    func() time.Time { return c.clock(n) },
+			Lease:    c.opts.Lease, ClockDrift: drift, RequestSeqBase: c.rng.Uint64() | 1,
+			LeaseObserver: func(start, end time.Time) {
+				c.res.Masters++
+				c.debugf("node %d g%d lease %v..%v (node clock now %v)", n.id, g, start.Sub(time.Unix(1000, 0)), end.Sub(time.Unix(1000, 0)), c.clock(n).Sub(time.Unix(1000, 0)))
+			},
+			Protocol: instance.Config{Seed: c.opts.Seed*31 + uint64(n.id), Knobs: c.opts.Knobs, StatusIntervalTicks: 50},
 		})
 		if err != nil {
 			c.violation("node %d: restart group %d: %v", n.id, g, err)
@@ -198,6 +282,7 @@ func (c *cluster) syncDelay() time.Duration {
 }
 
 func (c *cluster) crash(n *node) {
+	c.debugf("crash node %d", n.id)
 	c.res.Crashes++
 	n.up = false
 	n.store.Crash()
@@ -212,6 +297,7 @@ func (c *cluster) run() {
 	end := c.now.Add(c.opts.Duration)
 	nextPropose := c.now
 	nextFault := c.now.Add(c.faultGap())
+	nextRead := c.now.Add(10 * time.Millisecond)
 	healed := false
 	var healAt time.Time
 	deadline := end.Add(60 * time.Second)
@@ -228,6 +314,9 @@ func (c *cluster) run() {
 		next := deadline
 		if !healed {
 			next = minTime(next, nextPropose, nextFault)
+			if c.opts.Reads {
+				next = minTime(next, nextRead)
+			}
 		}
 		if t, ok := c.net.NextDelivery(); ok {
 			next = minTime(next, t)
@@ -264,7 +353,12 @@ func (c *cluster) run() {
 			c.fault()
 			nextFault = c.now.Add(c.faultGap())
 		}
+		if !healed && c.opts.Reads && !c.now.Before(nextRead) {
+			c.read()
+			nextRead = c.now.Add(time.Duration(c.rng.Int64N(int64(20 * time.Millisecond))))
+		}
 		c.collect()
+		c.checkMasters()
 	}
 	if c.err != nil {
 		return
@@ -304,7 +398,7 @@ func (c *cluster) fault() {
 		if n.up && c.down() < (len(c.nodes)-1)/2 {
 			c.crash(n)
 		} else if !n.up {
-			c.start(n)
+			c.startNode(n)
 		}
 	case r < 7 && c.opts.Partitions:
 		o := c.nodes[c.rng.IntN(len(c.nodes))]
@@ -314,10 +408,23 @@ func (c *cluster) fault() {
 	case c.opts.Partitions:
 		c.net.HealAll()
 	}
+	if c.opts.ClockDrift > 0 {
+		c.driftClock(c.nodes[c.rng.IntN(len(c.nodes))])
+	}
+	if c.opts.Transfers && c.rng.IntN(3) == 0 {
+		g := ids.GroupID(c.rng.IntN(c.opts.Groups))
+		for _, m := range c.nodes {
+			if m.up && m.replicas[g].Master().IsSelf {
+				to := c.ids[c.rng.IntN(len(c.ids))]
+				m.replicas[g].TransferMaster(to, func(error) {})
+				break
+			}
+		}
+	}
 	// Restart nodes that have been down a while, so crashes keep coming.
 	for _, d := range c.nodes {
 		if !d.up && c.rng.IntN(3) == 0 {
-			c.start(d)
+			c.startNode(d)
 		}
 	}
 }
@@ -337,9 +444,62 @@ func (c *cluster) healAll() {
 	c.net.SetFaults(netio.Faults{DelayMin: 100 * time.Microsecond, DelayMax: 300 * time.Microsecond})
 	for _, n := range c.nodes {
 		if !n.up {
-			c.start(n)
+			c.startNode(n)
 		}
 	}
+}
+
+// checkMasters: never two members whose leases hold at the same real time.
+func (c *cluster) checkMasters() {
+	for g := 0; g < c.opts.Groups; g++ {
+		var holders []ids.NodeID
+		for _, n := range c.nodes {
+			if !n.up {
+				continue
+			}
+			if info := n.replicas[g].Master(); info.IsSelf && c.clock(n).Before(info.Expiry) {
+				holders = append(holders, n.id)
+			}
+		}
+		if len(holders) > 1 {
+			c.violation("group %d: nodes %v hold master leases at the same time", g, holders)
+		}
+	}
+}
+
+// read issues a lease read or a read barrier on a random live node; either must
+// see every write acknowledged before it was issued.
+func (c *cluster) read() {
+	n := c.nodes[c.rng.IntN(len(c.nodes))]
+	if !n.up {
+		return
+	}
+	g := ids.GroupID(c.rng.IntN(c.opts.Groups))
+	pr := &pendingRead{n: n, g: g, issued: c.now, lease: c.rng.IntN(2) == 0}
+	sm := n.sms[g]
+	check := func() {
+		c.res.Reads++
+		for _, a := range c.acks {
+			if a.g == g && a.at.Before(pr.issued) && !sm.has[a.cmd] {
+				kind := "read barrier"
+				if pr.lease {
+					kind = "lease read"
+				}
+				c.violation("stale %s on node %d group %d: misses %q acknowledged at %v, read issued at %v",
+					kind, n.id, g, a.cmd, a.at.Sub(time.Unix(0, 0)), pr.issued.Sub(time.Unix(0, 0)))
+				return
+			}
+		}
+	}
+	if pr.lease {
+		n.replicas[g].LeaseRead(func() error { check(); return nil }, func(error) {})
+		return
+	}
+	n.replicas[g].ReadBarrier(func(err error) {
+		if err == nil && n.up && n.sms[g] == sm {
+			check()
+		}
+	})
 }
 
 // propose submits one unique command through a random live node.
@@ -365,7 +525,7 @@ func (c *cluster) collect() {
 		case <-o.p.Done():
 			res, err := o.p.Outcome()
 			if err == nil {
-				c.acks = append(c.acks, ack{g: o.g, inst: res.Instance, cmd: o.cmd})
+				c.acks = append(c.acks, ack{g: o.g, inst: res.Instance, cmd: o.cmd, at: c.now})
 				if want := "ok:" + o.cmd; string(res.Value) != want {
 					c.violation("node %d: result %q for %q", o.node, res.Value, o.cmd)
 				}
@@ -446,6 +606,7 @@ type digestSM struct {
 	next   ids.InstanceID
 	digest uint64
 	cmdAt  map[ids.InstanceID][]string
+	has    map[string]bool
 }
 
 func (s *digestSM) Applied() ids.InstanceID { return 0 }
@@ -459,7 +620,7 @@ func (s *digestSM) Execute(inst ids.InstanceID, cmds [][]byte) ([][]byte, error)
 	var b [8]byte
 	results := make([][]byte, len(cmds))
 	if s.cmdAt == nil {
-		s.cmdAt = map[ids.InstanceID][]string{}
+		s.cmdAt, s.has = map[ids.InstanceID][]string{}, map[string]bool{}
 	}
 	for i, cmd := range cmds {
 		binary.BigEndian.PutUint64(b[:], uint64(len(cmd)))
@@ -468,10 +629,17 @@ func (s *digestSM) Execute(inst ids.InstanceID, cmds [][]byte) ([][]byte, error)
 		if !s.c.cmds[string(cmd)] {
 			s.c.violation("node %d group %d instance %d: executed %q, never proposed", s.node, s.g, inst, cmd)
 		}
+		if s.has[string(cmd)] {
+			s.c.violation("node %d group %d instance %d: executed %q a second time", s.node, s.g, inst, cmd)
+		}
 		s.cmdAt[inst] = append(s.cmdAt[inst], string(cmd))
+		s.has[string(cmd)] = true
 		results[i] = append([]byte("ok:"), cmd...)
 	}
 	sum := h.Sum64()
+	if s.g == 0 {
+		s.c.debugf("node %d g%d executes instance %d: %v", s.node, s.g, inst, s.cmdAt[inst])
+	}
 	key := gi{s.g, inst}
 	if prev, ok := s.c.chosen[key]; ok && prev != sum {
 		s.c.violation("agreement: group %d instance %d: node %d executed %q, another member executed different commands", s.g, inst, s.node, s.cmdAt[inst])

@@ -9,6 +9,7 @@ import (
 )
 
 var (
+	traceFlag = flag.Bool("trace", false, "with -seed: log the run's events")
 	seedFlag  = flag.Uint64("seed", 0, "run only this seed (replay)")
 	seedsFlag = flag.Int("seeds", 200, "number of seeds TestSimulation runs")
 )
@@ -22,6 +23,9 @@ func opts(seed uint64) Options {
 		NetFaults:  true,
 		Partitions: seed%3 != 0,
 		Crashes:    true,
+		ClockDrift: 0.01,
+		Reads:      true,
+		Transfers:  seed%4 == 1,
 	}
 	return o
 }
@@ -33,20 +37,27 @@ func TestSimulation(t *testing.T) {
 	if *seedFlag != 0 {
 		first, n = *seedFlag, 1
 	}
-	var chosen, acked, crashes int
+	var chosen, acked, crashes, reads, masters int
 	for seed := first; seed < first+n; seed++ {
-		r := Run(opts(seed))
+		o := opts(seed)
+		if *traceFlag {
+			o.Trace = func(line string) { t.Log(line) }
+		}
+		r := Run(o)
 		if r.Violation != nil {
 			t.Fatalf("%v\nreplay: go test ./sim -run TestSimulation -seed %d", r.Violation, seed)
 		}
 		chosen += r.Chosen
 		acked += r.Acked
 		crashes += r.Crashes
+		reads += r.Reads
+		masters += r.Masters
 	}
 	if acked == 0 || chosen == 0 {
 		t.Fatal("nothing was chosen: the simulation is vacuous")
 	}
-	t.Logf("%d seeds: %d instances chosen, %d proposals acknowledged, %d crashes", n, chosen, acked, crashes)
+	t.Logf("%d seeds: %d instances chosen, %d proposals acknowledged, %d crashes, %d reads checked, %d master leases",
+		n, chosen, acked, crashes, reads, masters)
 }
 
 // TestCheckerBites plants each known bug and demands that the simulation reports a
@@ -59,11 +70,13 @@ func TestCheckerBites(t *testing.T) {
 		{"ReplyBeforeDurable", instance.Knobs{ReplyBeforeDurable: true}},
 		{"ForgetPromiseOnRestart", instance.Knobs{ForgetPromiseOnRestart: true}},
 		{"InferChosenFromNext", instance.Knobs{InferChosenFromNext: true}},
+		{"LeaseTooLong", instance.Knobs{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for seed := uint64(1); seed <= 1000; seed++ {
 				o := opts(seed)
 				o.Knobs = tc.knobs
+				o.LeaseSafetyOff = tc.name == "LeaseTooLong"
 				if r := Run(o); r.Violation != nil {
 					t.Logf("found at seed %d: %v", seed, r.Violation)
 					return

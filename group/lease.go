@@ -1,0 +1,185 @@
+package group
+
+import (
+	"time"
+
+	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/statemachine"
+	"go.uber.org/zap"
+)
+
+// MasterInfo is a member's view of its group's master.
+type MasterInfo struct {
+	// Master is the master whose lease is valid in this member's view, 0 if none.
+	Master ids.NodeID
+	// Expiry is when that lease ends on this member's clock.
+	Expiry time.Time
+	// IsSelf: this member is the master and holds the lease.
+	IsSelf bool
+	// Version is the master state's compare-and-set token.
+	Version uint64
+}
+
+// masterLease is the member's view of the master lease.
+//
+// # The lease
+//
+// Mastership is a value chosen in the log: a claim "make C master if the version is
+// still V" (statemachine.MasterClaim), executed as a compare-and-set on every
+// member. Timing is local. The master counts its lease from the moment it created
+// the claim, before proposing it; every other member counts from the moment it
+// executes the claim, which is later in real time. So, with clocks whose rates differ
+// by at most ClockDrift, the master's lease ends before any other member's view of
+// it, provided the master shortens it by the drift: it trusts Lease*(1-2*ClockDrift).
+// Nobody claims mastership while its view of another master's lease is valid, and a
+// claim carries the version it saw, so a claim made on a stale view fails at
+// execution. A master renews at half its lease, by claiming itself again; each
+// renewal is a new version.
+//
+// The clock assumption, stated: each member's clock is monotonic and its rate is
+// within ClockDrift of real time (Go's time.Now carries a monotonic reading; wall
+// clock jumps do not affect it). Nothing else about time is assumed: messages may be
+// delayed arbitrarily, which only makes views more conservative.
+//
+// After a restart a member trusts no lease of its own (it does not know when it
+// proposed) and counts any other master's lease as if just learned, from the replay.
+//
+// # Quiescence: idle groups cost nothing
+//
+// A master renews only if the group saw application work (a proposal or a lease
+// read) since its last claim; an idle group lets its lease lapse and goes quiet: no
+// renewals, no ticks, no messages. The next proposal or lease read on any member
+// finds no valid master and claims mastership on the spot (one extra instance). This
+// was chosen over coalescing renewals of many groups into one message: it costs
+// nothing at all when idle, needs no cross-group protocol, and a busy group renews
+// inside its application batches, so a renewal costs no extra instance either.
+type masterLease struct {
+	cfg   *Config
+	state statemachine.MasterState
+	// expiry: for our own lease, when we stop trusting it; for another master, when
+	// our view of its lease ends. Zero when no lease is known.
+	expiry time.Time
+	self   bool // expiry is our own lease (from our own claim)
+	// claim is our master claim on its way (queued or in an instance); claimStart
+	// is when it was made, where its lease counts from.
+	claim        *Proposal
+	claimStart   time.Time
+	claimVersion uint64 // the version the claim expects
+	wanted       bool   // a claim is needed even without queued work (transfer, barrier)
+	active       bool   // application work since our last claim: renew at half-lease
+}
+
+func (l *masterLease) init(cfg *Config) { l.cfg = cfg }
+
+// isMaster: we are the master and our lease holds at now.
+func (l *masterLease) isMaster(now time.Time) bool {
+	return l.self && l.state.Master == l.cfg.Self && now.Before(l.expiry)
+}
+
+// holding: we hold a lease that has not ended yet (the node keeps ticking us).
+func (l *masterLease) holding(now time.Time) bool { return l.isMaster(now) }
+
+// otherValid: another member is master and our view of its lease holds at now.
+func (l *masterLease) otherValid(now time.Time) bool {
+	return !l.self && l.state.Master != 0 && l.state.Master != l.cfg.Self && now.Before(l.expiry)
+}
+
+// shouldRenew: a master with recent work renews at half its lease.
+func (l *masterLease) shouldRenew(now time.Time) bool {
+	return l.claim == nil && l.active && !l.cfg.NotCandidate && !now.Before(l.expiry.Add(-l.cfg.Lease/2))
+}
+
+// claimStale: a claim not yet proposed must not be any more - another master's
+// lease is valid in our view, or the version moved on.
+func (l *masterLease) claimStale(now time.Time) bool {
+	return l.claim.state.Load() == stateQueued && (l.otherValid(now) || l.claimVersion != l.state.Version)
+}
+
+// trusted is how long a master trusts a lease of length d it claimed itself.
+func (l *masterLease) trusted(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (1 - 2*l.cfg.ClockDrift))
+}
+
+// applyClaim executes a chosen master claim and returns its result: "1" if it took
+// effect, "0" if its version was stale.
+func (r *Replica) applyClaim(inst ids.InstanceID, c Command) []byte {
+	l := &r.lease
+	claim, err := statemachine.DecodeClaim(c.Data)
+	mine := l.claim != nil && l.claim.ID == c.ID
+	if mine {
+		l.claim = nil
+	}
+	if err != nil || !l.state.Apply(inst, claim) {
+		return []byte{'0'}
+	}
+	now := r.cfg.Clock()
+	switch {
+	case claim.Candidate == r.cfg.Self && mine:
+		l.self, l.expiry = true, l.claimStart.Add(l.trusted(claim.Lease))
+		if r.cfg.LeaseObserver != nil {
+			r.cfg.LeaseObserver(l.claimStart, l.expiry)
+		}
+		if !r.replaying {
+			r.log.Debug("master lease", zap.Uint64("instance", uint64(inst)), zap.Time("until", l.expiry))
+		}
+	case claim.Candidate == r.cfg.Self:
+		// Made master by someone else (a transfer), or our own claim seen again in a
+		// replay: we do not know when it was proposed, so we hold no lease until we
+		// claim for ourselves, at once unless this is a replay.
+		l.self, l.expiry = false, time.Time{}
+		l.wanted = !r.replaying
+	default:
+		l.self, l.expiry = false, now.Add(claim.Lease)
+	}
+	return []byte{'1'}
+}
+
+// TransferMaster hands mastership to another member without waiting for the lease
+// to run out: the master stops trusting its lease at once and proposes a claim for
+// to; to then claims a lease of its own. done gets the outcome (nil once the
+// transfer is chosen and executed here).
+func (r *Replica) TransferMaster(to ids.NodeID, done func(error)) {
+	now := r.cfg.Clock()
+	switch {
+	case !r.lease.isMaster(now):
+		done(&NotMasterError{Master: r.Master().Master})
+		return
+	case !r.core.IsMember(to):
+		done(ErrNoMaster)
+		return
+	case to == r.cfg.Self:
+		done(nil)
+		return
+	}
+	if r.lease.claim != nil {
+		// A renewal is on its way; let it settle and ask again.
+		done(ErrBusy)
+		return
+	}
+	r.claim(to, now)
+	r.lease.expiry = now // stop serving lease reads now
+	r.lease.claim.notify = func(res Result, err error) {
+		if err == nil && string(res.Value) != "1" {
+			err = ErrBusy // the master changed meanwhile: the claim's version was stale
+		}
+		done(err)
+	}
+	r.drive()
+	r.flush()
+}
+
+// statusFrom is a Status message as if from peer, claiming it knows instances below
+// next as chosen: it makes the core ask that peer to teach them.
+func statusFrom(peer ids.NodeID, next ids.InstanceID) instance.Message {
+	return instance.Message{Type: instance.MsgStatus, From: peer, Next: next}
+}
+
+// SetCandidate changes whether this member may become master. A master that may no
+// longer be one stops renewing; its lease lapses within one lease length.
+func (r *Replica) SetCandidate(ok bool) {
+	r.cfg.NotCandidate = !ok
+	if !ok {
+		r.lease.active = false
+	}
+}

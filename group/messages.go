@@ -1,0 +1,105 @@
+package group
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Group-level message types travel on the same connection as the protocol's, with
+// types from MsgTypeBase up; the instance package owns the types below it.
+const (
+	// MsgTypeBase is the first group-level message type.
+	MsgTypeBase uint8 = 64
+	// MsgForward carries proposals from a member to the master: [hops, value].
+	MsgForward uint8 = MsgTypeBase + iota - 1
+	// MsgReadIndex asks a member for its read index: [id].
+	MsgReadIndex
+	// MsgReadIndexReply answers MsgReadIndex: [id, index].
+	MsgReadIndexReply
+	msgGroupEnd
+)
+
+// ErrBadGroupMessage is wrapped by every decoding failure of a group-level message.
+var ErrBadGroupMessage = errors.New("group: bad group message")
+
+// GroupMessage is a decoded group-level message.
+type GroupMessage struct {
+	Type     uint8
+	Hops     uint64
+	Commands []Command
+	ID       uint64
+	Index    uint64
+}
+
+// IsGroupMessage reports whether typ is a group-level message type.
+func IsGroupMessage(typ uint8) bool { return typ >= MsgForward && typ < msgGroupEnd }
+
+// EncodeGroupMessage returns the body of m.
+func EncodeGroupMessage(m *GroupMessage) []byte {
+	var buf bytes.Buffer
+	e := msgpack.NewEncoder(&buf)
+	switch m.Type {
+	case MsgForward:
+		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeUint(m.Hops)
+		_ = e.EncodeBytes(encodeValue(m.Commands))
+	case MsgReadIndex:
+		_ = e.EncodeArrayLen(1)
+		_ = e.EncodeUint(m.ID)
+	case MsgReadIndexReply:
+		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeUint(m.ID)
+		_ = e.EncodeUint(m.Index)
+	}
+	return buf.Bytes()
+}
+
+// DecodeGroupMessage parses a group-level body; lengths are checked before any
+// allocation.
+func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
+	m := GroupMessage{Type: typ}
+	r := bytes.NewReader(body)
+	d := msgpack.NewDecoder(r)
+	want := map[uint8]int{MsgForward: 2, MsgReadIndex: 1, MsgReadIndexReply: 2}[typ]
+	if want == 0 {
+		return m, fmt.Errorf("%w: type %d", ErrBadGroupMessage, typ)
+	}
+	n, err := d.DecodeArrayLen()
+	if err != nil || n != want {
+		return m, fmt.Errorf("%w: array of %d, %v", ErrBadGroupMessage, n, err)
+	}
+	switch typ {
+	case MsgForward:
+		if m.Hops, err = d.DecodeUint64(); err != nil {
+			return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
+		}
+		l, err := d.DecodeBytesLen()
+		if err != nil || l < 0 || l > r.Len() {
+			return m, fmt.Errorf("%w: value of %d bytes in %d, %v", ErrBadGroupMessage, l, r.Len(), err)
+		}
+		v := make([]byte, l)
+		if err := d.ReadFull(v); err != nil {
+			return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
+		}
+		if m.Commands, err = decodeValue(v); err != nil {
+			return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
+		}
+	case MsgReadIndex:
+		m.ID, err = d.DecodeUint64()
+	case MsgReadIndexReply:
+		m.ID, err = d.DecodeUint64()
+		if err == nil {
+			m.Index, err = d.DecodeUint64()
+		}
+	}
+	if err != nil {
+		return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
+	}
+	if r.Len() != 0 {
+		return m, fmt.Errorf("%w: %d trailing bytes", ErrBadGroupMessage, r.Len())
+	}
+	return m, nil
+}
