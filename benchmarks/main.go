@@ -87,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.out, "out", "", "append one CSV row per run to this file")
 	fs.StringVar(&o.plot, "plot", "", "draw ops/s and p99 against groups into this .png or .svg")
 	fs.StringVar(&o.plotFrom, "plot-from", "", "draw -plot from this CSV (written by -out) instead of running")
-	fs.StringVar(&o.compare, "compare", "", "also draw the result lines in this file (e.g. the Dragonboat peer's stdout) on the plot, dashed")
+	fs.StringVar(&o.compare, "compare", "", "also draw the result lines in this file (e.g. the Dragonboat peer's stdout) on the plot, dashed; with -plot-from, print a markdown table of the ratios")
 	fs.BoolVar(&o.procs, "procs", false, "run the three replicas as three processes (clients run in the process of each group's proposer)")
 	fs.StringVar(&o.dir, "dir", "", "parent of the temporary data dir (default $TMPDIR); it must be on the disk to measure")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-proposal timeout")
@@ -160,6 +160,12 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		rows, err := readCSV(o.plotFrom)
 		if err == nil {
 			err = drawPlot(o.plot, rows, o.compare)
+		}
+		if err == nil && o.compare != "" {
+			var other []csvRow
+			if other, err = readResultLines(o.compare); err == nil {
+				fmt.Fprint(stdout, compareTable(rows, other))
+			}
 		}
 		if err != nil {
 			fmt.Fprintln(stderr, "benchmarks:", err)
@@ -253,16 +259,18 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 			progressbar.OptionSetWidth(30), progressbar.OptionSetPredictTime(true),
 			progressbar.OptionSetDescription("sweep"), progressbar.OptionSetElapsedTime(true))
 	}
-	// say prints result lines without tearing the bar.
-	say := func(format string, a ...any) {
+	// say prints result lines (to stdout) and diag lines (to stderr) without
+	// tearing the bar.
+	sayTo := func(w io.Writer, format string, a ...any) {
 		if bar != nil {
 			_ = bar.Clear()
 		}
-		fmt.Fprintf(stdout, format, a...)
+		fmt.Fprintf(w, format, a...)
 		if bar != nil {
 			_ = bar.RenderBlank()
 		}
 	}
+	say := func(format string, a ...any) { sayTo(stdout, format, a...) }
 	step := func(desc string) {
 		if bar != nil {
 			bar.Describe(desc)
@@ -282,7 +290,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		if o.leak {
 			sampler = func(ms []member, d time.Duration) ([]uint64, error) {
 				return sampleRSS(ms, d, o.leakEvery, func(t time.Duration, rss uint64) {
-					say("leak t=%v rss_mb=%.1f\n", t.Round(time.Second), float64(rss)/mib)
+					sayTo(stderr, "# leak t=%v rss_mb=%.1f\n", t.Round(time.Second), float64(rss)/mib)
 				})
 			}
 		}
@@ -299,7 +307,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 			say("ratio p50/floor=%.2f\n", us(r.P50)/fl.totalUs())
 		}
 		if o.verbose {
-			say("%s\n", r.diagLine())
+			sayTo(stderr, "%s\n", r.diagLine())
 		}
 		if csvw != nil {
 			if err := csvw.write(r, o.procs); err != nil {

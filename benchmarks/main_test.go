@@ -145,3 +145,12 @@ func TestParseBatch(t *testing.T) {
 		t.Error("want an error for one number")
 	}
 }
+
+func TestCompareTable(t *testing.T) {
+	ours := []csvRow{{Groups: 64, Clients: 8, Payload: 16, OpsPerSec: 50000, P99ms: 20}, {Groups: 1024, Clients: 1, Payload: 16, OpsPerSec: 1, P99ms: 1}}
+	theirs, _ := parseResultLine("groups=64 clients_per_group=8 payload=16 ops/s=5000 p50_ms=60.000 p99_ms=200.000 errors=0")
+	got := compareTable(ours, []csvRow{theirs})
+	if !strings.Contains(got, "| 64 | 8 | 16 | 50000 | 5000 | 10.0x | 20.0 | 200.0 | 0.10 |") || strings.Contains(got, "| 1024 |") {
+		t.Errorf("table:\n%s", got)
+	}
+}

@@ -160,10 +160,10 @@ func drawPlot(path string, rows []csvRow, compare string) error {
 		p.X.Label.Text = "groups"
 		p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 		p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
-		p.Legend.Top = true
-		p.Legend.Left = true
 		p.Add(plotter.NewGrid())
 	}
+	p99.Legend.Top, p99.Legend.Left = true, true // latency rises with groups: top left is free
+	p99.Legend.XOffs, p99.Legend.YOffs = vg.Millimeter*2, -vg.Millimeter*2
 	ours, keys := groupSeries(rows)
 	theirs, _ := groupSeries(other)
 	for i, k := range keys {
@@ -229,9 +229,31 @@ func addSeries(ops, p99 *plot.Plot, rows []csvRow, col color.Color, dashed bool,
 			s.Shape = draw.CrossGlyph{}
 		}
 		x.p.Add(l, s)
-		if x.p == ops {
+		if x.p == p99 {
 			x.p.Legend.Add(name, l, s)
 		}
 	}
 	return nil
+}
+
+// compareTable is a markdown table of our rows against the compare file's rows
+// with the same groups, clients and payload: ops/s and p99, and the ratios.
+func compareTable(ours, theirs []csvRow) string {
+	type key struct{ g, c, p int }
+	them := map[key]csvRow{}
+	for _, r := range theirs {
+		them[key{r.Groups, r.Clients, r.Payload}] = r
+	}
+	var b strings.Builder
+	b.WriteString("| groups | clients | payload | ops/s ours | ops/s theirs | ops/s ours/theirs | p99 ms ours | p99 ms theirs | p99 ours/theirs |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range ours {
+		t, ok := them[key{r.Groups, r.Clients, r.Payload}]
+		if !ok || t.OpsPerSec == 0 || t.P99ms == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "| %d | %d | %d | %.0f | %.0f | %.1fx | %.1f | %.1f | %.2f |\n", r.Groups, r.Clients, r.Payload,
+			r.OpsPerSec, t.OpsPerSec, r.OpsPerSec/t.OpsPerSec, r.P99ms, t.P99ms, r.P99ms/t.P99ms)
+	}
+	return b.String()
 }
