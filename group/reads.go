@@ -33,7 +33,10 @@ func (r *Replica) LeaseRead(fn func() error, done func(error)) {
 
 // serveLeaseReads runs the waiting lease reads if this member may serve them now.
 func (r *Replica) serveLeaseReads(now time.Time) {
-	if len(r.leaseReads) == 0 || !r.lease.isMaster(now) || r.applied != r.core.Next() || len(r.applyQueue) > 0 {
+	if len(r.leaseReads) == 0 || r.applied != r.core.Next() || len(r.applyQueue) > 0 {
+		return
+	}
+	if !r.lease.isMaster(now) && !r.cfg.Protocol.Knobs.LeaseReadAnywhere {
 		return
 	}
 	reads := r.leaseReads
@@ -88,14 +91,16 @@ func (r *Replica) ReadBarrier(done func(error)) {
 		return
 	}
 	r.barrierSeq++
-	b := &barrier{acks: []ids.NodeID{r.cfg.Self}, target: r.readIndex(), done: done, started: r.ticks}
+	b := &barrier{target: r.readIndex(), done: done, started: r.ticks}
 	r.barriers[r.barrierSeq] = b
 	r.sendReadIndex(r.barrierSeq, b)
-	r.onReadIndexReply(r.cfg.Self, r.barrierSeq, b.target)
+	if r.core.IsMember(r.cfg.Self) {
+		r.onReadIndexReply(r.cfg.Self, r.barrierSeq, b.target)
+	}
 }
 
 func (r *Replica) sendReadIndex(id uint64, b *barrier) {
-	for _, m := range r.cfg.Members {
+	for _, m := range r.core.Members() {
 		if m != r.cfg.Self && !hasNode(b.acks, m) {
 			r.cfg.Sender.SendGroup(m, r.cfg.Group, &GroupMessage{Type: MsgReadIndex, ID: id})
 		}
@@ -104,14 +109,14 @@ func (r *Replica) sendReadIndex(id uint64, b *barrier) {
 
 func (r *Replica) onReadIndexReply(from ids.NodeID, id uint64, index ids.InstanceID) {
 	b := r.barriers[id]
-	if b == nil {
-		return
+	if b == nil || !r.core.IsMember(from) {
+		return // only voters' read indexes make a quorum
 	}
 	if !hasNode(b.acks, from) {
 		b.acks = append(b.acks, from)
 	}
 	b.target = max(b.target, index)
-	if len(b.acks) >= len(r.cfg.Members)/2+1 && !b.quorum {
+	if len(b.acks) >= len(r.core.Members())/2+1 && !b.quorum {
 		b.quorum, b.started = true, r.ticks
 		// The index may name instances we have not learned: ask.
 		if b.target > r.core.Next() {

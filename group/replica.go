@@ -31,11 +31,15 @@ type Sender interface {
 
 // Config configures one Replica.
 type Config struct {
-	Group   ids.GroupID
-	Self    ids.NodeID
-	Members []ids.NodeID
-	Storage Storage
-	Sender  Sender
+	Group ids.GroupID
+	Self  ids.NodeID
+	// Members and Followers are the group's initial voters and followers (every
+	// node must start a group with the same lists); later changes are chosen in the
+	// log.
+	Members   []ids.NodeID
+	Followers []ids.NodeID
+	Storage   Storage
+	Sender    Sender
 	// StateMachine receives the group's chosen application commands.
 	StateMachine statemachine.StateMachine
 	// Schedule runs fn later in the replica's serial context (the goroutine that
@@ -154,6 +158,10 @@ type Replica struct {
 	replaying  bool
 
 	lease      masterLease
+	members    statemachine.Membership
+	sysApplied ids.InstanceID       // next instance whose system commands to apply
+	sysResults map[RequestID][]byte // results of system commands, until execute
+	published2 atomic.Pointer[statemachine.Membership]
 	leaseReads []*leaseRead
 	barriers   map[uint64]*barrier
 	barrierSeq uint64
@@ -186,7 +194,8 @@ type Stats struct {
 func New(cfg Config) (*Replica, error) {
 	cfg.fillDefaults()
 	r := &Replica{cfg: cfg, inflight: map[RequestID]*Proposal{}, forwarded: map[RequestID]*Proposal{},
-		seenForward: map[RequestID]uint64{}, barriers: map[uint64]*barrier{}}
+		seenForward: map[RequestID]uint64{}, barriers: map[uint64]*barrier{}, sysResults: map[RequestID][]byte{}}
+	r.members = statemachine.Membership{Voters: sortedIDs(cfg.Members), Followers: sortedIDs(cfg.Followers)}
 	r.lease.init(&r.cfg)
 	// The replica's own request IDs have the top bit set, so they never meet the
 	// node's, and start at a fresh point in every incarnation.
@@ -207,7 +216,7 @@ func New(cfg Config) (*Replica, error) {
 		return nil, fmt.Errorf("group %d: load accepted instance %d: %w", cfg.Group, meta.ChosenNext, err)
 	}
 	pc := cfg.Protocol
-	pc.Self, pc.Members = cfg.Self, cfg.Members
+	pc.Self, pc.Members, pc.Followers = cfg.Self, cfg.Members, cfg.Followers
 	pc.Seed ^= uint64(cfg.Group) << 32
 	if r.core, err = instance.New(pc, rec); err != nil {
 		return nil, fmt.Errorf("group %d: %w", cfg.Group, err)
@@ -230,7 +239,7 @@ func (r *Replica) replay(from, next, smApplied ids.InstanceID) error {
 	}
 	r.replaying = true
 	defer func() { r.replaying = false }()
-	r.applied = from
+	r.applied, r.sysApplied = from, from
 	for r.applied < next {
 		es, err := r.cfg.Storage.Entries(r.cfg.Group, r.applied, 256, 4<<20)
 		if err != nil {
@@ -243,7 +252,9 @@ func (r *Replica) replay(from, next, smApplied ids.InstanceID) error {
 			if e.Instance >= next {
 				break
 			}
-			if err := r.execute(instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}, e.Instance < smApplied); err != nil {
+			ie := instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}
+			r.applySystem(ie)
+			if err := r.execute(ie, e.Instance < smApplied); err != nil {
 				return fmt.Errorf("group %d: replay: %w", r.cfg.Group, err)
 			}
 		}
@@ -292,21 +303,20 @@ func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
 	if r.failed != nil {
 		return nil
 	}
-	if !r.core.IsMember(from) {
-		return fmt.Errorf("group message %d from node %d, not a member", m.Type, from)
-	}
+	// Any node of the cluster may forward a proposal or ask for a read index (a
+	// follower does both); only voters' read indexes count for a barrier.
 	switch m.Type {
 	case MsgForward:
 		for _, c := range m.Commands {
-			if c.Kind != KindApp || len(r.queue) >= r.cfg.PendingMax {
-				continue // only the engine itself makes system commands; a full queue sheds load
+			if c.Kind == KindMaster || len(r.queue) >= r.cfg.PendingMax {
+				continue // master claims are never forwarded (their lease counts from the claimant's clock); a full queue sheds load
 			}
 			if _, dup := r.seenForward[c.ID]; dup {
 				continue // a duplicated frame: proposing it again would execute it twice
 			}
 			r.seenForward[c.ID] = r.ticks
 			p := NewProposal(c.ID, c.Data)
-			p.hops = m.Hops
+			p.hops, p.kind = m.Hops, c.Kind
 			r.queue = append(r.queue, p)
 		}
 		r.lease.active = true
@@ -381,6 +391,9 @@ func (r *Replica) drive() {
 		return
 	}
 	now := r.cfg.Clock()
+	if r.cfg.Protocol.Knobs.LeaseReadAnywhere {
+		r.serveLeaseReads(now)
+	}
 	switch {
 	case r.lease.isMaster(now):
 		if r.lease.shouldRenew(now) {
@@ -391,7 +404,7 @@ func (r *Replica) drive() {
 		r.forwardQueue(r.lease.state.Master)
 		r.rejectLeaseReads(r.lease.state.Master)
 	case len(r.queue) > 0 || len(r.leaseReads) > 0 || r.lease.wanted:
-		if !r.cfg.NotCandidate {
+		if !r.cfg.NotCandidate && r.core.IsMember(r.cfg.Self) {
 			r.claim(r.cfg.Self, now)
 		} else {
 			r.forwardQueue(r.nextMember())
@@ -421,10 +434,10 @@ func (r *Replica) claim(candidate ids.NodeID, now time.Time) {
 // nextMember is where a member that may not become master sends work when nobody is
 // master: the next member in ID order, which may claim.
 func (r *Replica) nextMember() ids.NodeID {
-	ms := r.cfg.Members
-	for i, m := range ms {
-		if m == r.cfg.Self {
-			return ms[(i+1)%len(ms)]
+	ms := r.members.Voters
+	for _, m := range ms {
+		if m > r.cfg.Self {
+			return m
 		}
 	}
 	return ms[0]
@@ -446,7 +459,7 @@ func (r *Replica) forwardQueue(to ids.NodeID) {
 			continue
 		}
 		hops = max(hops, p.hops)
-		cmds = append(cmds, Command{ID: p.ID, Kind: KindApp, Data: p.Data})
+		cmds = append(cmds, Command{ID: p.ID, Kind: p.kind, Data: p.Data})
 		if p.ID.Node == r.cfg.Self {
 			r.forwarded[p.ID] = p
 		}
@@ -501,7 +514,7 @@ func (r *Replica) maybePropose(now time.Time) {
 				continue // its caller gave up
 			}
 			bytes += len(p.Data)
-			cmds = append(cmds, Command{ID: p.ID, Kind: KindApp, Data: p.Data})
+			cmds = append(cmds, Command{ID: p.ID, Kind: p.kind, Data: p.Data})
 			r.inflight[p.ID] = p
 		}
 		clear(r.queue[:n])
@@ -623,6 +636,9 @@ func (r *Replica) batchOf(rd instance.Ready) logstore.Batch {
 // handleUnpersisted does the parts of a Ready that wait for nothing.
 func (r *Replica) handleUnpersisted(rd instance.Ready) {
 	r.sendAll(rd.SendNow)
+	for _, e := range rd.Committed {
+		r.applySystem(e)
+	}
 	r.applyQueue = append(r.applyQueue, rd.Committed...)
 	r.drainApply()
 	for _, t := range rd.Teach {
@@ -717,12 +733,10 @@ func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 			}
 		}
 	}
-	// Master claims change state only once the instance is past the state machine:
-	// a stalled state machine retries the whole instance and must not apply a claim
-	// twice.
 	for i, c := range cmds {
-		if c.Kind == KindMaster {
-			results[i] = r.applyClaim(e.Instance, c)
+		if c.Kind != KindApp {
+			results[i] = r.sysResults[c.ID]
+			delete(r.sysResults, c.ID)
 		}
 	}
 	r.applied++
@@ -732,7 +746,7 @@ func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 		// command came from, the caller waiting for it.
 		if p, ok := r.inflight[c.ID]; ok {
 			delete(r.inflight, c.ID)
-			if c.Kind == KindApp && c.ID.Node == r.cfg.Self {
+			if c.Kind != KindMaster && c.ID.Node == r.cfg.Self {
 				r.stats.Commands++
 			}
 			p.finish(Result{Instance: e.Instance, Value: results[i]}, nil)

@@ -27,6 +27,8 @@ const (
 	KindApp CommandKind = iota
 	// KindMaster commands go to the engine's master-lease state machine.
 	KindMaster
+	// KindMembership commands change the group's members.
+	KindMembership
 	kindEnd
 )
 

@@ -12,9 +12,12 @@ import (
 type Config struct {
 	// Self is this member's node ID.
 	Self ids.NodeID
-	// Members are the voting members of the group, Self included. A majority of
-	// them is a quorum.
+	// Members are the voting members of the group. A majority of them is a quorum.
 	Members []ids.NodeID
+	// Followers learn every chosen value (they take Accepts and Chosen like a
+	// voter) but never vote: their promises and accepts are not counted, and they
+	// never propose. Disjoint from Members.
+	Followers []ids.NodeID
 	// PrepareTimeoutTicks is how long a proposer waits for a quorum of promises
 	// before it retries with a higher ballot. Default 20.
 	PrepareTimeoutTicks int
@@ -55,6 +58,9 @@ type Knobs struct {
 	// ReplyBeforeDurable is read by the driver: it sends replies before the state
 	// they promise is durable.
 	ReplyBeforeDurable bool
+	// LeaseReadAnywhere is read by the driver: it serves lease reads on any member
+	// that has applied what it knows, lease or not (a stale read waiting to happen).
+	LeaseReadAnywhere bool
 }
 
 // ErrInvalidConfig is wrapped by every error Config.Validate returns.
@@ -93,6 +99,12 @@ func (c Config) Validate() error {
 		}
 		if seen[m] {
 			errs = append(errs, fmt.Errorf("%w: Members holds node %d twice", ErrInvalidConfig, m))
+		}
+		seen[m] = true
+	}
+	for _, m := range c.Followers {
+		if m == 0 || seen[m] {
+			errs = append(errs, fmt.Errorf("%w: Followers holds node %d, zero or also listed", ErrInvalidConfig, m))
 		}
 		seen[m] = true
 	}

@@ -15,6 +15,12 @@ var ErrProposalInFlight = errors.New("instance: a proposal is already in flight"
 // ErrNotMember is returned by Propose on a core whose Self is not a voting member.
 var ErrNotMember = errors.New("instance: not a voting member of the group")
 
+// ErrNotVoter is returned by Step for a protocol message from a node that is not a
+// voter in this member's configuration (or to a member that is not one itself). It
+// is normal around membership changes, while members learn the change at different
+// times: the message is dropped and the sender retries or learns.
+var ErrNotVoter = errors.New("instance: message from or to a non-voter")
+
 // Recovered is the durable state a Core starts from (see logstore).
 type Recovered struct {
 	HardState HardState
@@ -94,8 +100,7 @@ func New(cfg Config, rec Recovered) (*Core, error) {
 		return nil, err
 	}
 	c := &Core{cfg: cfg, hs: rec.HardState, rng: cfg.Seed ^ uint64(cfg.Self)*0x9e3779b97f4a7c15 | 1}
-	c.cfg.Members = append([]ids.NodeID(nil), cfg.Members...)
-	c.quorum = len(cfg.Members)/2 + 1
+	c.setMembers(cfg.Members, cfg.Followers)
 	if cfg.Knobs.ForgetPromiseOnRestart {
 		c.hs.Promised = ids.Ballot{}
 	}
@@ -140,13 +145,52 @@ func (c *Core) Ballot() ids.Ballot { return c.p.ballot }
 func (c *Core) Stats() Stats { return c.stats }
 
 // IsMember reports whether n is a voting member.
-func (c *Core) IsMember(n ids.NodeID) bool {
+func (c *Core) IsMember(n ids.NodeID) bool { return hasVote(c.cfg.Members, n) }
+
+// IsFollower reports whether n follows the group without voting.
+func (c *Core) IsFollower(n ids.NodeID) bool { return hasVote(c.cfg.Followers, n) }
+
+// Members returns the voting members (the caller must not modify the slice).
+func (c *Core) Members() []ids.NodeID { return c.cfg.Members }
+
+// SetMembers changes the group's voters and followers from instance Next on. The
+// driver calls it when it learns that a membership change was chosen at Next-1, so
+// each instance is decided under one configuration (serial instances make this safe
+// without joint consensus). The fast path is dropped: the promise that allowed it
+// was given by a quorum of the old configuration, so phase 1 runs again under the
+// new one.
+func (c *Core) SetMembers(voters, followers []ids.NodeID) error {
+	cfg := c.cfg
+	cfg.Members, cfg.Followers = voters, followers
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	c.setMembers(voters, followers)
+	c.p.prepared = false
+	if !c.IsMember(c.cfg.Self) {
+		c.CancelProposal()
+	}
+	return nil
+}
+
+func (c *Core) setMembers(voters, followers []ids.NodeID) {
+	c.cfg.Members = append([]ids.NodeID(nil), voters...)
+	c.cfg.Followers = append([]ids.NodeID(nil), followers...)
+	c.quorum = len(voters)/2 + 1
+}
+
+// others calls fn for every voter and follower but Self: who learns each value.
+func (c *Core) others(fn func(ids.NodeID)) {
 	for _, m := range c.cfg.Members {
-		if m == n {
-			return true
+		if m != c.cfg.Self {
+			fn(m)
 		}
 	}
-	return false
+	for _, m := range c.cfg.Followers {
+		if m != c.cfg.Self {
+			fn(m)
+		}
+	}
 }
 
 // HasReady reports whether Ready would return a non-empty Ready.
@@ -239,11 +283,7 @@ func (c *Core) Tick() {
 		c.statusWait--
 		if c.statusWait <= 0 {
 			c.statusWait = c.statusPeriod()
-			for _, m := range c.cfg.Members {
-				if m != c.cfg.Self {
-					c.sendNow(Message{Type: MsgStatus, To: m})
-				}
-			}
+			c.others(func(m ids.NodeID) { c.sendNow(Message{Type: MsgStatus, To: m}) })
 		}
 	}
 }
@@ -254,8 +294,18 @@ func (c *Core) Step(m Message) error {
 	if !m.Type.Valid() {
 		return fmt.Errorf("instance: unknown message type %d from node %d", m.Type, m.From)
 	}
-	if !c.IsMember(m.From) {
-		return fmt.Errorf("instance: %v from node %d, not a member", m.Type, m.From)
+	switch m.Type {
+	case MsgStatus, MsgLearnReq, MsgLearnValues:
+		// Learning is open to any node of the cluster (the transport admits only
+		// those): a member being added, or a removed one, learns from anyone.
+	case MsgAccept, MsgChosen:
+		if !c.IsMember(m.From) {
+			return fmt.Errorf("%w: %v from node %d", ErrNotVoter, m.Type, m.From)
+		}
+	default:
+		if !c.IsMember(m.From) || !c.IsMember(c.cfg.Self) {
+			return fmt.Errorf("%w: %v from node %d", ErrNotVoter, m.Type, m.From)
+		}
 	}
 	c.observeNext(m)
 	switch m.Type {
@@ -324,6 +374,9 @@ func (c *Core) onAccept(m Message) {
 		return
 	}
 	c.acceptLocal(m.Ballot, m.Value)
+	if !c.IsMember(c.cfg.Self) {
+		return // a follower keeps the value for the Chosen to come; its vote does not count
+	}
 	c.reply(Message{Type: MsgAccepted, To: m.From, Instance: m.Instance, Ballot: m.Ballot})
 }
 
@@ -398,11 +451,7 @@ func (c *Core) observeNext(m Message) {
 }
 
 func (c *Core) broadcastLearnReq() {
-	for _, n := range c.cfg.Members {
-		if n != c.cfg.Self {
-			c.sendNow(Message{Type: MsgLearnReq, To: n, Instance: c.hs.Next})
-		}
-	}
+	c.others(func(n ids.NodeID) { c.sendNow(Message{Type: MsgLearnReq, To: n, Instance: c.hs.Next}) })
 	c.learnWait = c.cfg.LearnTimeoutTicks
 }
 
@@ -504,11 +553,9 @@ func (c *Core) startAccept(v []byte) {
 		c.retryAfterJitter()
 		return
 	}
-	for _, m := range c.cfg.Members {
-		if m != c.cfg.Self {
-			c.sendNow(Message{Type: MsgAccept, To: m, Instance: p.instance, Ballot: p.ballot, Value: v})
-		}
-	}
+	c.others(func(m ids.NodeID) {
+		c.sendNow(Message{Type: MsgAccept, To: m, Instance: p.instance, Ballot: p.ballot, Value: v})
+	})
 }
 
 func (c *Core) onAccepted(m Message) {
@@ -527,11 +574,9 @@ func (c *Core) onAccepted(m Message) {
 	p.won = true
 	c.stats.ProposerWins++
 	sum := Checksum(p.value)
-	for _, n := range c.cfg.Members {
-		if n != c.cfg.Self {
-			c.sendNow(Message{Type: MsgChosen, To: n, Instance: p.instance, Ballot: p.ballot, Checksum: sum})
-		}
-	}
+	c.others(func(n ids.NodeID) {
+		c.sendNow(Message{Type: MsgChosen, To: n, Instance: p.instance, Ballot: p.ballot, Checksum: sum})
+	})
 	c.commit(Entry{Instance: p.instance, Ballot: p.ballot, Value: p.value})
 }
 

@@ -277,3 +277,57 @@ func TestPropertyFindsInferenceBug(t *testing.T) {
 	}
 	t.Fatal("2000 seeds and the planted inference bug was not found")
 }
+
+// TestFollowerAndMembershipChange: a follower takes Accepts and Chosen without
+// voting; SetMembers changes the quorum and drops the fast path.
+func TestFollowerAndMembershipChange(t *testing.T) {
+	f, err := New(Config{Self: 4, Members: []ids.NodeID{1, 2, 3}, Followers: []ids.NodeID{4}}, Recovered{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := ids.Ballot{Number: 1, Node: 1}
+	if err := f.Step(Message{Type: MsgAccept, From: 1, Ballot: b, Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	rd := f.Ready()
+	if len(rd.Entries) != 1 || len(rd.Messages) != 0 {
+		t.Fatalf("a follower stores the accept and does not vote: %+v", rd)
+	}
+	_ = f.Step(Message{Type: MsgChosen, From: 1, Next: 1, Ballot: b, Checksum: Checksum([]byte("v"))})
+	if f.Next() != 1 {
+		t.Fatal("follower did not mark the chosen value")
+	}
+	if err := f.Propose([]byte("x")); err != ErrNotMember {
+		t.Fatalf("a follower proposed: %v", err)
+	}
+
+	c := newCore(t, 1, []ids.NodeID{1}, Knobs{})
+	_ = c.Propose([]byte("a"))
+	for _, m := range c.Ready().Messages {
+		_ = c.Step(m)
+	}
+	c.Ready()
+	if !c.FastPath() {
+		t.Fatal("no fast path after a won instance")
+	}
+	if err := c.SetMembers([]ids.NodeID{1, 2, 3}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.FastPath() {
+		t.Fatal("the fast path survived a membership change")
+	}
+	_ = c.Propose([]byte("b"))
+	rd = c.Ready()
+	prepares := 0
+	for _, m := range rd.Messages {
+		if m.Type == MsgPrepare {
+			prepares++
+		}
+	}
+	if prepares != 2 {
+		t.Fatalf("phase 1 under the new configuration must reach both new voters, got %d prepares", prepares)
+	}
+	if err := c.SetMembers(nil, nil); err == nil {
+		t.Fatal("an empty voter set was accepted")
+	}
+}

@@ -127,8 +127,12 @@ func Start(opts Options) (*Node, error) {
 	n.groups = make([]*runner, opts.Groups)
 	for g := range n.groups {
 		r := &runner{n: n, g: ids.GroupID(g)}
+		voters, followers := members, []ids.NodeID(nil)
+		if opts.InitialMembers != nil {
+			voters, followers = opts.InitialMembers(r.g)
+		}
 		rep, err := group.New(group.Config{
-			Group: r.g, Self: opts.NodeID, Members: members,
+			Group: r.g, Self: opts.NodeID, Members: voters, Followers: followers,
 			Storage: store, Sender: n, StateMachine: opts.StateMachines(r.g),
 			Schedule: r.schedule, Protocol: proto,
 			Lease: opts.Lease, ClockDrift: opts.ClockDrift,
@@ -293,7 +297,13 @@ func (n *Node) onFrame(from ids.NodeID, g ids.GroupID, typ uint8, body []byte) {
 	m.From, m.To = from, n.opts.NodeID
 	n.groups[g].post(func(r *group.Replica) {
 		if err := r.Step(m); err != nil {
-			n.log.Warn("message refused", zap.Uint32("group", uint32(g)), zap.Error(err))
+			lvl := zap.WarnLevel
+			if errors.Is(err, instance.ErrNotVoter) {
+				lvl = zap.DebugLevel // normal while a membership change spreads
+			}
+			if ce := n.log.Check(lvl, "message refused"); ce != nil {
+				ce.Write(zap.Uint32("group", uint32(g)), zap.Error(err))
+			}
 		}
 	})
 }

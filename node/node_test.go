@@ -88,6 +88,7 @@ func freeAddrs(t *testing.T, n int) []string {
 
 type testCluster struct {
 	t       *testing.T
+	initial func(ids.GroupID) ([]ids.NodeID, []ids.NodeID)
 	members map[ids.NodeID]string
 	dirs    map[ids.NodeID]string
 	groups  int
@@ -96,8 +97,12 @@ type testCluster struct {
 }
 
 func newTestCluster(t *testing.T, size, groups int) *testCluster {
+	return newTestClusterWith(t, size, groups, nil)
+}
+
+func newTestClusterWith(t *testing.T, size, groups int, initial func(ids.GroupID) ([]ids.NodeID, []ids.NodeID)) *testCluster {
 	addrs := freeAddrs(t, size)
-	tc := &testCluster{t: t, members: map[ids.NodeID]string{}, dirs: map[ids.NodeID]string{}, groups: groups,
+	tc := &testCluster{t: t, initial: initial, members: map[ids.NodeID]string{}, dirs: map[ids.NodeID]string{}, groups: groups,
 		nodes: map[ids.NodeID]*Node{}, sms: map[ids.NodeID][]*digestSM{}}
 	for i := 0; i < size; i++ {
 		id := ids.NodeID(i + 1)
@@ -126,6 +131,7 @@ func (tc *testCluster) start(id ids.NodeID) {
 		},
 		Logger:       zaptest.NewLogger(tc.t).Named(fmt.Sprint("n", id)),
 		TickInterval: 10 * time.Millisecond, StatusInterval: 200 * time.Millisecond,
+		InitialMembers: tc.initial,
 	})
 	if err != nil {
 		tc.t.Fatal(err)

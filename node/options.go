@@ -23,9 +23,14 @@ type Options struct {
 	ClusterID uint64
 	// Addr is the host:port the node listens on for peers. Default Members[NodeID].
 	Addr string
-	// Members maps every member of every group, this node included, to its peer
-	// address. Every group has the same members.
+	// Members maps every node of the cluster, this node included, to its peer
+	// address. Each group starts with all of them as voters unless InitialMembers
+	// says otherwise; later changes (AddMember, ...) are chosen in each group's log
+	// and may only name nodes listed here.
 	Members map[ids.NodeID]string
+	// InitialMembers gives group g's voters and followers when the group's log is
+	// empty. Every node must give the same answer. nil: every node votes.
+	InitialMembers func(g ids.GroupID) (voters, followers []ids.NodeID)
 	// Groups is the number of Paxos groups, numbered 0 .. Groups-1. 1 .. 65536.
 	Groups int
 	// DataDir holds the node's Pebble database (DataDir/log). Required.

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"github.com/multipaxos/engine/instance"
 	"github.com/multipaxos/engine/logstore"
 	"github.com/multipaxos/engine/netio"
+	"github.com/multipaxos/engine/statemachine"
 )
 
 // Options configure one simulated run.
@@ -46,6 +48,10 @@ type Options struct {
 	// Trace, if set, receives a line for every crash, restart, master lease and
 	// execution (of group 0): for reading a failing seed.
 	Trace func(line string)
+	// Membership changes group members at random times: adds, removes, replaces,
+	// followers and their promotion. 5-node runs start with voters {1,2,3},
+	// follower 4 and node 5 outside the group.
+	Membership bool
 	// LeaseSafetyOff makes masters trust their leases longer than the drift
 	// allows: a planted bug for the lease checker.
 	LeaseSafetyOff bool
@@ -207,7 +213,7 @@ func (c *cluster) handler(n *node) netio.Handler {
 			return
 		}
 		m.From, m.To = from, n.id
-		if err := n.replicas[g].Step(m); err != nil {
+		if err := n.replicas[g].Step(m); err != nil && !errors.Is(err, instance.ErrNotVoter) {
 			c.violation("node %d group %d: step %v: %v", n.id, g, m.Type, err)
 		}
 	}
@@ -244,12 +250,16 @@ func (c *cluster) startNode(n *node) {
 	n.sms = n.sms[:0]
 	for g := 0; g < c.opts.Groups; g++ {
 		sm := &digestSM{c: c, node: n.id, g: ids.GroupID(g)}
+		voters, followers := c.ids, []ids.NodeID(nil)
+		if c.opts.Membership && len(c.ids) == 5 {
+			voters, followers = c.ids[:3], c.ids[3:4]
+		}
 		drift := c.opts.ClockDrift
 		if c.opts.LeaseSafetyOff {
 			drift = -0.2 // the master trusts its lease 40% longer than it was granted
 		}
 		r, err := group.New(group.Config{
-			Group: ids.GroupID(g), Self: n.id, Members: c.ids,
+			Group: ids.GroupID(g), Self: n.id, Members: voters, Followers: followers,
 			Storage: n.store, Sender: sender{n}, StateMachine: sm,
 			Schedule: func(fn func()) { fn() },
 			Clock:    func() time.Time { return c.clock(n) },
@@ -411,6 +421,9 @@ func (c *cluster) fault() {
 	if c.opts.ClockDrift > 0 {
 		c.driftClock(c.nodes[c.rng.IntN(len(c.nodes))])
 	}
+	if c.opts.Membership && c.rng.IntN(3) == 0 && n.up {
+		c.changeMembers(n, ids.GroupID(c.rng.IntN(c.opts.Groups)))
+	}
 	if c.opts.Transfers && c.rng.IntN(3) == 0 {
 		g := ids.GroupID(c.rng.IntN(c.opts.Groups))
 		for _, m := range c.nodes {
@@ -447,6 +460,46 @@ func (c *cluster) healAll() {
 			c.startNode(n)
 		}
 	}
+}
+
+// changeMembers asks node n to change group g's members at random: add a voter,
+// remove one, replace one, or add or promote a follower. At least 2 voters stay.
+func (c *cluster) changeMembers(n *node, g ids.GroupID) {
+	pick := func(s []ids.NodeID) ids.NodeID { return s[c.rng.IntN(len(s))] }
+	choice := c.rng.IntN(4)
+	c.debugf("node %d proposes membership change %d in g%d", n.id, choice, g)
+	n.replicas[g].ChangeMembers(func(cur statemachine.Membership) ([]ids.NodeID, []ids.NodeID, error) {
+		voters, followers := slices.Clone(cur.Voters), slices.Clone(cur.Followers)
+		var outside []ids.NodeID
+		for _, id := range c.ids {
+			if !cur.Has(id) {
+				outside = append(outside, id)
+			}
+		}
+		switch {
+		case choice == 0 && len(voters) > 2: // remove a voter
+			voters = slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == voters[0] })
+			if c.rng.IntN(2) == 0 {
+				voters = slices.Clone(cur.Voters)
+				v := pick(voters)
+				voters = slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == v })
+			}
+		case choice == 1 && len(outside) > 0: // add a voter
+			voters = append(voters, pick(outside))
+		case choice == 2 && len(outside) > 0 && len(voters) > 1: // replace a voter
+			v := pick(voters)
+			voters = append(slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == v }), pick(outside))
+		case choice == 3 && len(followers) > 0: // promote a follower
+			f := pick(followers)
+			followers = slices.DeleteFunc(followers, func(x ids.NodeID) bool { return x == f })
+			voters = append(voters, f)
+		case len(outside) > 0: // add a follower
+			followers = append(followers, pick(outside))
+		default:
+			return nil, nil, fmt.Errorf("no change")
+		}
+		return voters, followers, nil
+	}, func(error) {})
 }
 
 // checkMasters: never two members whose leases hold at the same real time.
@@ -554,13 +607,32 @@ func (c *cluster) converged() bool {
 				want = max(want, k.inst+1)
 			}
 		}
-		for _, n := range c.nodes {
+		for _, n := range c.members(ids.GroupID(g)) {
 			if n.sms[g].next != want {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// members are group g's voters and followers as the most advanced node knows them:
+// the nodes that must converge (a removed node stops learning).
+func (c *cluster) members(g ids.GroupID) []*node {
+	best := c.nodes[0]
+	for _, n := range c.nodes {
+		if n.up && n.replicas[g].Stats().Next > best.replicas[g].Stats().Next {
+			best = n
+		}
+	}
+	m := best.replicas[g].Membership()
+	var out []*node
+	for _, n := range c.nodes {
+		if m.Has(n.id) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func (c *cluster) progress() string {
@@ -579,7 +651,7 @@ func (c *cluster) progress() string {
 func (c *cluster) finalChecks() {
 	// Every acknowledged command is executed on every member at its instance.
 	for _, a := range c.acks {
-		for _, n := range c.nodes {
+		for _, n := range c.members(a.g) {
 			if got := n.sms[a.g].cmdAt[a.inst]; !slices.Contains(got, a.cmd) {
 				c.violation("acknowledged %q (group %d instance %d) missing on node %d: %q", a.cmd, a.g, a.inst, n.id, got)
 				return
@@ -587,10 +659,10 @@ func (c *cluster) finalChecks() {
 		}
 	}
 	for g := 0; g < c.opts.Groups; g++ {
-		d := c.nodes[0].sms[g].digest
-		for _, n := range c.nodes[1:] {
-			if n.sms[g].digest != d {
-				c.violation("group %d: digest of node %d differs from node 1", g, n.id)
+		ms := c.members(ids.GroupID(g))
+		for _, n := range ms[1:] {
+			if n.sms[g].digest != ms[0].sms[g].digest {
+				c.violation("group %d: digest of node %d differs from node %d", g, n.id, ms[0].id)
 				return
 			}
 		}
