@@ -1,6 +1,7 @@
 package group
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/multipaxos/engine/ids"
@@ -114,6 +115,16 @@ func (r *Replica) applyClaim(inst ids.InstanceID, c Command) []byte {
 		return []byte{'0'}
 	}
 	now := r.cfg.Clock()
+	// Proposals we forwarded to another master are in limbo: that master may have
+	// put them in an instance that a later phase 1 still chooses, or not. Tell
+	// their callers now (unknown outcome) rather than at their deadlines, so they
+	// can go to the new master.
+	for id, p := range r.forwarded {
+		if p.sentTo != claim.Candidate {
+			delete(r.forwarded, id)
+			p.fail(fmt.Errorf("%w: master %d, which it was forwarded to, was replaced by %d", ErrUnknownOutcome, p.sentTo, claim.Candidate))
+		}
+	}
 	switch {
 	case claim.Candidate == r.cfg.Self && mine:
 		l.self, l.expiry = true, l.claimStart.Add(l.trusted(claim.Lease))

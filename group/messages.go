@@ -17,7 +17,7 @@ const (
 	MsgForward uint8 = MsgTypeBase + iota - 1
 	// MsgReadIndex asks a member for its read index: [id].
 	MsgReadIndex
-	// MsgReadIndexReply answers MsgReadIndex: [id, index].
+	// MsgReadIndexReply answers MsgReadIndex: [id, index, membership version].
 	MsgReadIndexReply
 	msgGroupEnd
 )
@@ -32,6 +32,7 @@ type GroupMessage struct {
 	Commands []Command
 	ID       uint64
 	Index    uint64
+	Version  uint64
 }
 
 // IsGroupMessage reports whether typ is a group-level message type.
@@ -50,9 +51,10 @@ func EncodeGroupMessage(m *GroupMessage) []byte {
 		_ = e.EncodeArrayLen(1)
 		_ = e.EncodeUint(m.ID)
 	case MsgReadIndexReply:
-		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeArrayLen(3)
 		_ = e.EncodeUint(m.ID)
 		_ = e.EncodeUint(m.Index)
+		_ = e.EncodeUint(m.Version)
 	}
 	return buf.Bytes()
 }
@@ -63,7 +65,7 @@ func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
 	m := GroupMessage{Type: typ}
 	r := bytes.NewReader(body)
 	d := msgpack.NewDecoder(r)
-	want := map[uint8]int{MsgForward: 2, MsgReadIndex: 1, MsgReadIndexReply: 2}[typ]
+	want := map[uint8]int{MsgForward: 2, MsgReadIndex: 1, MsgReadIndexReply: 3}[typ]
 	if want == 0 {
 		return m, fmt.Errorf("%w: type %d", ErrBadGroupMessage, typ)
 	}
@@ -93,6 +95,9 @@ func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
 		m.ID, err = d.DecodeUint64()
 		if err == nil {
 			m.Index, err = d.DecodeUint64()
+		}
+		if err == nil {
+			m.Version, err = d.DecodeUint64()
 		}
 	}
 	if err != nil {

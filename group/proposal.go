@@ -33,6 +33,8 @@ type Proposal struct {
 	Data []byte
 	kind CommandKind
 	hops uint64 // times it was forwarded between members
+	// sentTo is the master it was forwarded to (by the member it came from).
+	sentTo ids.NodeID
 	// notify, if set, is called with the outcome in the replica's context (for the
 	// engine's own proposals, which nobody Waits for).
 	notify func(Result, error)

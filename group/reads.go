@@ -55,7 +55,21 @@ func (r *Replica) rejectLeaseReads(hint ids.NodeID) {
 }
 
 // barrier is a ReadBarrier in progress.
+//
+// Membership changes make the quorum a moving target: a majority of a configuration
+// we have not learned yet, or of one whose members stopped learning, proves nothing.
+// So every reply carries the responder's membership version, and a round counts
+// only replies with the barrier's own version, which must still be ours when the
+// round completes; anything else starts a new round (after learning, if a responder
+// was ahead). Why that suffices: a write acknowledged before the barrier was chosen
+// at some instance i. If the configuration we hold (version v) was in force at i,
+// our majority meets i's accept quorum. If a change we do not know was chosen at
+// k < i, a majority of our configuration accepted k, so one of our responders
+// reports an index past k; we learn k, our version moves and the round restarts. If
+// a change we know was chosen at k >= i, every responder that reports version v has
+// applied k, so it knows i.
 type barrier struct {
+	version uint64 // membership version the round counts in
 	acks    []ids.NodeID
 	target  ids.InstanceID // read index: apply everything below it
 	quorum  bool
@@ -91,11 +105,17 @@ func (r *Replica) ReadBarrier(done func(error)) {
 		return
 	}
 	r.barrierSeq++
-	b := &barrier{target: r.readIndex(), done: done, started: r.ticks}
+	b := &barrier{done: done}
 	r.barriers[r.barrierSeq] = b
-	r.sendReadIndex(r.barrierSeq, b)
+	r.startRound(r.barrierSeq, b)
+}
+
+// startRound (re)starts a barrier's quorum round under the current membership.
+func (r *Replica) startRound(id uint64, b *barrier) {
+	b.version, b.acks, b.quorum, b.target, b.started = r.members.Version, b.acks[:0], false, 0, r.ticks
+	r.sendReadIndex(id, b)
 	if r.core.IsMember(r.cfg.Self) {
-		r.onReadIndexReply(r.cfg.Self, r.barrierSeq, b.target)
+		r.onReadIndexReply(r.cfg.Self, id, r.readIndex(), r.members.Version)
 	}
 }
 
@@ -107,10 +127,16 @@ func (r *Replica) sendReadIndex(id uint64, b *barrier) {
 	}
 }
 
-func (r *Replica) onReadIndexReply(from ids.NodeID, id uint64, index ids.InstanceID) {
+func (r *Replica) onReadIndexReply(from ids.NodeID, id uint64, index ids.InstanceID, version uint64) {
 	b := r.barriers[id]
 	if b == nil || !r.core.IsMember(from) {
 		return // only voters' read indexes make a quorum
+	}
+	if version != b.version {
+		if version > b.version && index > r.core.Next() {
+			r.core.Step(statusFrom(from, index)) // it knows a newer membership: learn it
+		}
+		return // a round counts replies of one configuration only (see barrier)
 	}
 	if !hasNode(b.acks, from) {
 		b.acks = append(b.acks, from)
@@ -128,6 +154,10 @@ func (r *Replica) onReadIndexReply(from ids.NodeID, id uint64, index ids.Instanc
 
 func (r *Replica) checkBarriers() {
 	for id, b := range r.barriers {
+		if b.version != r.members.Version {
+			r.startRound(id, b) // the membership moved under the round
+			continue
+		}
 		if b.quorum && r.applied >= b.target {
 			delete(r.barriers, id)
 			b.done(nil)
@@ -141,8 +171,8 @@ func (r *Replica) tickBarriers() {
 			continue
 		}
 		b.started = r.ticks
-		if !b.quorum {
-			r.sendReadIndex(id, b)
+		if !b.quorum || b.version != r.members.Version {
+			r.startRound(id, b)
 		} else if r.applied >= r.core.Next() {
 			// Everything known chosen is applied, yet the index is beyond it: an
 			// instance is accepted somewhere but undecided. Decide it.

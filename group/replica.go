@@ -322,9 +322,12 @@ func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
 		r.lease.active = true
 		r.drive()
 	case MsgReadIndex:
-		r.cfg.Sender.SendGroup(from, r.cfg.Group, &GroupMessage{Type: MsgReadIndexReply, ID: m.ID, Index: uint64(r.readIndex())})
+		if r.core.IsMember(r.cfg.Self) { // only voters answer: their indexes make the quorum
+			r.cfg.Sender.SendGroup(from, r.cfg.Group, &GroupMessage{Type: MsgReadIndexReply, ID: m.ID,
+				Index: uint64(r.readIndex()), Version: r.members.Version})
+		}
 	case MsgReadIndexReply:
-		r.onReadIndexReply(from, m.ID, ids.InstanceID(m.Index))
+		r.onReadIndexReply(from, m.ID, ids.InstanceID(m.Index), m.Version)
 	}
 	r.flush()
 	return nil
@@ -403,7 +406,9 @@ func (r *Replica) drive() {
 	case r.lease.otherValid(now):
 		r.forwardQueue(r.lease.state.Master)
 		r.rejectLeaseReads(r.lease.state.Master)
-	case len(r.queue) > 0 || len(r.leaseReads) > 0 || r.lease.wanted:
+	case len(r.queue) > 0 || len(r.leaseReads) > 0 || len(r.forwarded) > 0 || r.lease.wanted:
+		// Work is waiting - including ours sent to a master that has since gone
+		// silent - and nobody is master: elect one now.
 		if !r.cfg.NotCandidate && r.core.IsMember(r.cfg.Self) {
 			r.claim(r.cfg.Self, now)
 		} else {
@@ -461,6 +466,7 @@ func (r *Replica) forwardQueue(to ids.NodeID) {
 		hops = max(hops, p.hops)
 		cmds = append(cmds, Command{ID: p.ID, Kind: p.kind, Data: p.Data})
 		if p.ID.Node == r.cfg.Self {
+			p.sentTo = to
 			r.forwarded[p.ID] = p
 		}
 		if len(cmds) == r.cfg.BatchCountMax {

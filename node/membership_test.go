@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -22,7 +23,12 @@ func TestMembershipChanges(t *testing.T) {
 	propose := func(via ids.NodeID, n int) {
 		t.Helper()
 		for i := 0; i < n; i++ {
-			if _, err := tc.nodes[via].Propose(ctx, 0, []byte(fmt.Sprint("v", via, "-", i, "-", time.Now().UnixNano()))); err != nil {
+			cmd := []byte(fmt.Sprint("v", via, "-", i, "-", time.Now().UnixNano()))
+			_, err := tc.nodes[via].Propose(ctx, 0, cmd)
+			for try := 0; errors.Is(err, ErrUnknownOutcome) && try < 3; try++ {
+				_, err = tc.nodes[via].Propose(ctx, 0, cmd) // the master changed under it
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
 		}
