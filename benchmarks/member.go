@@ -16,12 +16,16 @@ import (
 	"github.com/multipaxos/engine/statemachine"
 )
 
-// proposerFor is the node through which group g's clients propose. The engine has
-// no master API yet, so every group gets one fixed proposer - the Multi-Paxos fast
-// path (phase 1 skipped while the proposer's ballot stands) needs a single
-// proposer per group, and two would duel with ballots - and the groups are spread
-// round-robin over the three nodes so that each node leads a third of them. When
-// (*node.Node).Master(g) lands, this is the one place to switch to it.
+// proposerFor is the node through which group g's clients propose. Every group
+// gets one fixed proposer - the Multi-Paxos fast path (phase 1 skipped while the
+// proposer's ballot stands) needs a single proposer per group, and two would duel
+// with ballots - and the groups are spread round-robin over the three nodes so
+// that each node leads a third of them. Since the master lease landed, the node
+// that proposes first in a group claims its mastership, so setup (which proposes
+// through proposerFor) makes each proposer its group's master; the run reports
+// (diag "not_master") any group whose master ended up elsewhere, where proposals
+// would be forwarded. To follow (*node.Node).Master(g) instead, this is the one
+// place to change.
 func proposerFor(g ids.GroupID) ids.NodeID { return ids.NodeID(uint32(g)%numNodes + 1) }
 
 const numNodes = 3
@@ -91,6 +95,7 @@ type partial struct {
 	LogWrites uint64      // group writes committed by the member's nodes
 	Frames    uint64      // frames sent by the member's nodes
 	Instances uint64      // instance values proposed by the member's proposers
+	NotMaster int         // groups whose proposer was not their master when the window opened
 	RSS       uint64      // process VmRSS at the end of the window
 	Heap      uint64      // process HeapAlloc at the end of the window
 	ErrKinds  []string    // distinct proposal errors (up to a few)
@@ -124,14 +129,15 @@ type localMember struct {
 	payload []byte
 	timeout time.Duration
 
-	phase    atomic.Int32 // phaseWarm, phaseMeasure, phaseStop
-	hist     *Histogram
-	ops      atomic.Uint64
-	errs     atomic.Uint64
-	wg       sync.WaitGroup
-	before   counters
-	errMu    sync.Mutex
-	errKinds map[string]bool
+	phase     atomic.Int32 // phaseWarm, phaseMeasure, phaseStop
+	hist      *Histogram
+	ops       atomic.Uint64
+	errs      atomic.Uint64
+	wg        sync.WaitGroup
+	before    counters
+	notMaster int
+	errMu     sync.Mutex
+	errKinds  map[string]bool
 }
 
 const (
@@ -261,6 +267,12 @@ func (m *localMember) snapshot(withInstances bool) counters {
 }
 
 func (m *localMember) measure() error {
+	m.notMaster = 0
+	for _, g := range m.groups {
+		if master, _ := m.nodes[proposerFor(g)].Master(g); master != proposerFor(g) {
+			m.notMaster++
+		}
+	}
 	m.before = m.snapshot(true)
 	m.phase.Store(phaseMeasure)
 	return nil
@@ -285,6 +297,7 @@ func (m *localMember) stop() (partial, error) {
 		Frames:    after.frames - m.before.frames,
 		RSS:       rssBytes(),
 		Heap:      heapBytes(),
+		NotMaster: m.notMaster,
 	}
 	if inst.instancesOK && m.before.instancesOK {
 		p.Instances = inst.instances - m.before.instances

@@ -47,6 +47,7 @@ type result struct {
 	LogWrites  uint64
 	Frames     uint64 // frames sent by all three nodes
 	Instances  uint64 // instance values proposed (by every group's proposer)
+	NotMaster  int    // groups whose proposer was not their master when the window opened
 	RSS, Heap  uint64 // summed over processes
 	Load       string // load average at the end of the window
 	ErrKinds   []string
@@ -224,6 +225,7 @@ func aggregate(res *result, parts []partial) {
 		res.LogWrites += p.LogWrites
 		res.Frames += p.Frames
 		res.Instances += p.Instances
+		res.NotMaster += p.NotMaster
 		res.RSS += p.RSS
 		res.Heap += p.Heap
 		h.AddSparse(p.Hist)
