@@ -102,21 +102,22 @@ func (c *cluster) debugf(format string, args ...any) {
 }
 
 type cluster struct {
-	start  time.Time
-	opts   Options
-	rng    *rand.Rand
-	now    time.Time
-	net    *netio.MemNetwork
-	nodes  []*node
-	ids    []ids.NodeID
-	err    error
-	seq    uint64
-	chosen map[gi]uint64 // (group, instance) -> hash of the commands executed there
-	cmds   map[string]bool
-	open   []*pending
-	acks   []ack
-	res    Result
-	reads  []*pendingRead
+	start   time.Time
+	opts    Options
+	rng     *rand.Rand
+	now     time.Time
+	net     *netio.MemNetwork
+	nodes   []*node
+	ids     []ids.NodeID
+	err     error
+	seq     uint64
+	chosen  map[gi]uint64 // (group, instance) -> hash of the commands executed there
+	cmds    map[string]bool
+	open    []*pending
+	acks    []ack
+	res     Result
+	reads   []*pendingRead
+	readLog map[ids.GroupID][]readRecord
 }
 
 type pendingRead struct {
@@ -153,12 +154,13 @@ func Run(opts Options) Result {
 		opts.ProposeEvery = 2 * time.Millisecond
 	}
 	c := &cluster{
-		opts:   opts,
-		rng:    rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
-		now:    time.Unix(0, 0),
-		start:  time.Unix(0, 0),
-		chosen: map[gi]uint64{},
-		cmds:   map[string]bool{},
+		opts:    opts,
+		rng:     rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
+		now:     time.Unix(0, 0),
+		start:   time.Unix(0, 0),
+		chosen:  map[gi]uint64{},
+		readLog: map[ids.GroupID][]readRecord{},
+		cmds:    map[string]bool{},
 	}
 	c.res.Seed = opts.Seed
 	c.net = netio.NewMemNetwork(int64(opts.Seed))
@@ -532,6 +534,7 @@ func (c *cluster) read() {
 	sm := n.sms[g]
 	check := func() {
 		c.res.Reads++
+		c.checkReadOrder(g, readRecord{issued: pr.issued, returned: c.now, count: len(sm.has)}, n.id)
 		for _, a := range c.acks {
 			if a.g == g && a.at.Before(pr.issued) && !sm.has[a.cmd] {
 				kind := "read barrier"
