@@ -417,6 +417,16 @@ func (c *cluster) fault() {
 		if o != n {
 			c.net.Partition(n.id, o.id)
 		}
+	case r < 8 && c.opts.Partitions:
+		// Isolate the master of a random group from everyone.
+		g := ids.GroupID(c.rng.IntN(c.opts.Groups))
+		for _, m := range c.nodes {
+			if m.up && m.replicas[g].Master().IsSelf {
+				c.debugf("isolate node %d, master of g%d", m.id, g)
+				c.net.Isolate(m.id)
+				break
+			}
+		}
 	case c.opts.Partitions:
 		c.net.HealAll()
 	}
