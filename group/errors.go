@@ -33,6 +33,9 @@ var (
 	ErrNotMaster = errors.New("not the master")
 	// ErrNoMaster: the group has no master this member can reach or become.
 	ErrNoMaster = errors.New("no master available")
+	// ErrClaimLost: a master claim (a transfer, say) lost its instance to another
+	// value and was not chosen; whether to try again is the caller's call.
+	ErrClaimLost = errors.New("master claim not chosen: its instance chose another value")
 )
 
 // NotMasterError is ErrNotMaster with a hint: the master this member knows of (0 if

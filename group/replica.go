@@ -777,10 +777,10 @@ func (r *Replica) requeueInflight() {
 	var back []*Proposal
 	for _, p := range r.inflight {
 		if p.kind == KindMaster {
-			p.requeue()
 			if r.lease.claim == p {
 				r.lease.claim = nil
 			}
+			p.finish(Result{}, ErrClaimLost) // a transfer's caller learns it now
 			continue
 		}
 		if p.requeue() {
