@@ -48,7 +48,7 @@ func (r *Replica) applyMembership(inst ids.InstanceID, c Command) []byte {
 		r.log.Error("membership change refused by the protocol core", zap.Error(err))
 	}
 	m := r.members.Clone()
-	r.published2.Store(&m)
+	r.publishedMembers.Store(&m)
 	if !slices.Contains(r.members.Voters, r.lease.state.Master) {
 		// The master was removed: nobody is master from here on, deterministically
 		// on every member, and pending claims for the old version fail.
@@ -65,7 +65,7 @@ func (r *Replica) applyMembership(inst ids.InstanceID, c Command) []byte {
 // Membership returns the group's members as this member last applied them; safe to
 // call from any goroutine.
 func (r *Replica) Membership() statemachine.Membership {
-	if m := r.published2.Load(); m != nil {
+	if m := r.publishedMembers.Load(); m != nil {
 		return m.Clone()
 	}
 	return statemachine.Membership{Voters: sortedIDs(r.cfg.Members), Followers: sortedIDs(r.cfg.Followers)}

@@ -157,17 +157,17 @@ type Replica struct {
 	applied    ids.InstanceID   // next instance to execute
 	replaying  bool
 
-	lease      masterLease
-	members    statemachine.Membership
-	sysApplied ids.InstanceID       // next instance whose system commands to apply
-	sysResults map[RequestID][]byte // results of system commands, until execute
-	published2 atomic.Pointer[statemachine.Membership]
-	leaseReads []*leaseRead
-	barriers   map[uint64]*barrier
-	barrierSeq uint64
+	lease            masterLease
+	members          statemachine.Membership
+	sysApplied       ids.InstanceID       // next instance whose system commands to apply
+	sysResults       map[RequestID][]byte // results of system commands, until execute
+	publishedMembers atomic.Pointer[statemachine.Membership]
+	leaseReads       []*leaseRead
+	barriers         map[uint64]*barrier
+	barrierSeq       uint64
 
 	ticks     uint64
-	published atomic.Pointer[MasterInfo]
+	published atomic.Pointer[MasterInfo] // the master view, for other goroutines
 	next      atomic.Uint64
 	stats     Stats
 }
