@@ -52,6 +52,9 @@ type Options struct {
 	// followers and their promotion. 5-node runs start with voters {1,2,3},
 	// follower 4 and node 5 outside the group.
 	Membership bool
+	// Hunt makes faults come faster and crashes likelier: for runs that look for a
+	// planted bug rather than model a plausible cluster.
+	Hunt bool
 	// LeaseSafetyOff makes masters trust their leases longer than the drift
 	// allows: a planted bug for the lease checker.
 	LeaseSafetyOff bool
@@ -392,6 +395,9 @@ func minTime(t time.Time, others ...time.Time) time.Time {
 }
 
 func (c *cluster) faultGap() time.Duration {
+	if c.opts.Hunt {
+		return 2*time.Millisecond + time.Duration(c.rng.Int64N(int64(30*time.Millisecond)))
+	}
 	return 5*time.Millisecond + time.Duration(c.rng.Int64N(int64(100*time.Millisecond)))
 }
 

@@ -81,7 +81,7 @@ func TestCheckerBites(t *testing.T) {
 				o.LeaseSafetyOff = tc.name == "LeaseTooLong"
 				// Membership changes and transfers make the others' runs calmer
 				// (fewer duelling proposers); the planted protocol bugs need duels.
-				o.Membership, o.Transfers = false, false
+				o.Membership, o.Transfers, o.Hunt = false, false, true
 				if r := Run(o); r.Violation != nil {
 					t.Logf("found at seed %d: %v", seed, r.Violation)
 					return
