@@ -181,8 +181,10 @@ func TestMasterFailover(t *testing.T) {
 			failover = time.Since(stopped)
 			break
 		}
-		if time.Since(stopped) > 10*time.Second {
-			t.Fatal("not every group has a new master 10 s after the master stopped")
+		// A liveness bound (ten leases), not a speed goal: the failover time is
+		// logged above and measured by benchmarks.
+		if !time.Now().Before(stopped.Add(10 * time.Second)) {
+			t.Fatal("not every group has a new master 10 leases after the master stopped")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
