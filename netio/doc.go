@@ -6,8 +6,8 @@
 // # Frames
 //
 // Every frame is [u32 length][u8 version][u64 cluster][u32 group][u8 type][body]
-// (frame.go). Type 0 is netio's own (Hello, keepalive); types 1..255 belong to the
-// engine and reach the Handler with the group they were sent in. A frame that fails a
+// (frame.go). Type 0 is netio's own (Hello, proof, keepalive); types 1..255 belong to
+// the engine and reach the Handler with the group they were sent in. A frame that fails a
 // check (length over MaxFrameBytes or under the header, unknown version, another
 // cluster, a frame out of place) closes its connection with a logged reason and never
 // reaches the Handler.
@@ -16,13 +16,53 @@
 //
 // For each pair of members the one with the lower NodeID dials the higher and both use
 // that connection in both directions, so there is exactly one ordered path per pair.
-// The dialer sends a Hello {protocol, cluster, node, auth (reserved)} as its first
-// frame; the acceptor checks it (cluster, membership, direction) and only then answers
-// with its own Hello, so a stranger learns nothing and reaches no group. Until the
-// Hello exchange completes frames are limited to 1 KiB and must be the Hello; a
-// connection that does not complete it within HandshakeTimeout is closed. If a peer
-// connects again while its old connection still looks alive, the newer one wins (the
-// old one is most likely half-open from before a restart).
+// With a ClusterSecret the handshake is a mutual challenge-response (control.go,
+// auth.go); D is the dialer, A the acceptor:
+//
+//	D -> A  Hello {protocol, cluster, node D, nonce D, auth}
+//	A -> D  Hello {protocol, cluster, node A, nonce A, auth}, Proof{MAC_A}
+//	D -> A  Proof{MAC_D}, then engine frames
+//
+//	MAC_x = HMAC-SHA256(secret, "multipaxos-netio-v1\x00" | label_x | cluster |
+//	                    node D | node A | nonce D | nonce A)
+//
+// with label_A = "acceptor->dialer", label_D = "dialer->acceptor" and integers as
+// big-endian u64. Nonces are 32 bytes from crypto/rand, fresh per connection and side.
+// What each step proves:
+//
+//   - D's Hello claims a member, the cluster and the protocol; A checks those (cluster,
+//     membership, direction, same auth mode) before it answers at all, so a stranger
+//     that does not name a member learns nothing.
+//   - MAC_A proves to D that A holds the secret now: it covers D's fresh nonce, so it
+//     cannot have been recorded earlier. D verifies it before it proves anything
+//     itself, so D never hands a proof to a node that does not hold the secret.
+//   - MAC_D proves the same to A over A's fresh nonce: a replayed handshake fails
+//     because A's nonce differs. The labels differ, so neither side's proof can be
+//     reflected back as the other's; both node IDs and the cluster are covered, so a
+//     proof is good for one pair in one cluster on one connection only.
+//
+// A side is established (the peer registered, its frames delivered to the Handler,
+// frames queued for it flushed) only after the peer's proof verified (hmac.Equal).
+// Until then frames are limited to 1 KiB and must be exactly the handshake frame due;
+// anything else, a malformed or failing proof, or not finishing within
+// HandshakeTimeout closes the connection, counted in Stats.ConnsRefused (and
+// AuthFailures when the proof failed) and logged with the reason, the remote address
+// and the node the peer claimed to be. The secret never goes on the wire.
+//
+// Without a secret (loopback tests only; StartTCP warns) the Hellos alone complete the
+// handshake, nothing is authenticated and there are no proofs. The Hello carries the
+// auth mode so that the two sides agree: a node with a secret and one without refuse
+// each other ("authentication mismatch"), never falling back to no authentication.
+// A peer of another protocol version (version 1 had no nonce and no proof) is refused
+// by name in both directions.
+//
+// This authenticates the peer at connect time; it does not encrypt or protect the
+// frames after the handshake, so an attacker on the path can still read or alter
+// traffic. Run peers on a private network or through a tunnel (WireGuard, stunnel).
+//
+// If a peer connects again while its old connection still looks alive, the newer one
+// wins (the old one is most likely half-open from before a restart); with a secret
+// only a peer that proved it can displace a connection.
 //
 // # Threading model
 //

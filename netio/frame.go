@@ -65,10 +65,14 @@ var (
 	// not know the cluster, so the transports return this one.
 	ErrWrongCluster error = &frameError{"netio: frame from another cluster"}
 	// ErrUnexpectedFrame: a frame that is well formed but not allowed at this point of
-	// the connection (anything before the Hello, a second Hello).
+	// the connection (anything but the Hello or the proof while they are due, a
+	// handshake frame after the handshake).
 	ErrUnexpectedFrame error = &frameError{"netio: unexpected frame"}
 	// ErrBadHello: the Hello body does not decode or breaks a limit.
 	ErrBadHello error = &frameError{"netio: malformed hello"}
+	// ErrBadProof: the proof body does not decode or its MAC is not exactly 32 bytes.
+	// A well-formed proof that does not verify is ErrAuthFailed instead.
+	ErrBadProof error = &frameError{"netio: malformed proof"}
 )
 
 type frameError struct{ msg string }

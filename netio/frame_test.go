@@ -2,6 +2,8 @@ package netio
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
@@ -113,28 +115,65 @@ func TestDecodeFrameRejects(t *testing.T) {
 	}
 }
 
+func testNonce(seed byte) (n [nonceBytes]byte) {
+	for i := range n {
+		n[i] = seed + byte(i)
+	}
+	return n
+}
+
 func TestHelloRoundTrip(t *testing.T) {
-	in := hello{Protocol: ProtocolVersion, ClusterID: 1 << 60, NodeID: 42, Auth: []byte("proof")}
+	in := hello{Protocol: ProtocolVersion, ClusterID: 1 << 60, NodeID: 42, Nonce: testNonce(7), Auth: authHMACSHA256}
 	out, err := decodeHello(encodeHello(in))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.Protocol != in.Protocol || out.ClusterID != in.ClusterID || out.NodeID != in.NodeID ||
-		!bytes.Equal(out.Auth, in.Auth) {
+	if out != in {
 		t.Fatalf("got %+v, want %+v", out, in)
 	}
 	// A later protocol may append fields; they are ignored.
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
-	_ = enc.EncodeArrayLen(6)
-	_ = enc.EncodeUint(1)
+	nonce := testNonce(1)
+	_ = enc.EncodeArrayLen(7)
+	_ = enc.EncodeUint(uint64(ProtocolVersion))
 	_ = enc.EncodeUint(5)
 	_ = enc.EncodeUint(6)
-	_ = enc.EncodeBytes(nil)
+	_ = enc.EncodeBytes(nonce[:])
+	_ = enc.EncodeUint(0)
 	_ = enc.EncodeString("future")
 	_ = enc.EncodeUint(99)
-	if h, err := decodeHello(buf.Bytes()); err != nil || h.NodeID != 6 || h.ClusterID != 5 {
+	if h, err := decodeHello(buf.Bytes()); err != nil || h.NodeID != 6 || h.ClusterID != 5 || h.Nonce != nonce {
 		t.Fatalf("extended hello: %+v, %v", h, err)
+	}
+}
+
+// A peer of another protocol version is decoded only as far as the version, so the
+// transport can refuse it by name whatever the rest of its Hello looks like: here a
+// real version 1 Hello ([1, cluster, node, auth bytes]) and a future one.
+func TestDecodeHelloOtherProtocol(t *testing.T) {
+	enc := func(f func(e *msgpack.Encoder)) []byte {
+		var buf bytes.Buffer
+		f(msgpack.NewEncoder(&buf))
+		return buf.Bytes()
+	}
+	v1 := enc(func(e *msgpack.Encoder) {
+		_ = e.EncodeArrayLen(4)
+		_ = e.EncodeUint(1)
+		_ = e.EncodeUint(7)
+		_ = e.EncodeUint(2)
+		_ = e.EncodeBytes(nil)
+	})
+	v3 := enc(func(e *msgpack.Encoder) {
+		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeUint(3)
+		_ = e.EncodeString("something else entirely")
+	})
+	for name, b := range map[string][]byte{"v1": v1, "v3": v3} {
+		h, err := decodeHello(b)
+		if err != nil || h.Protocol == ProtocolVersion || h.ClusterID != 0 || h.NodeID != 0 {
+			t.Fatalf("%s: %+v, %v", name, h, err)
+		}
 	}
 }
 
@@ -144,34 +183,68 @@ func TestDecodeHelloRejects(t *testing.T) {
 		f(msgpack.NewEncoder(&buf))
 		return buf.Bytes()
 	}
+	head := func(e *msgpack.Encoder) { // a valid v2 Hello up to the nonce
+		_ = e.EncodeArrayLen(helloFields)
+		_ = e.EncodeUint(uint64(ProtocolVersion))
+		_ = e.EncodeUint(1)
+		_ = e.EncodeUint(2)
+	}
+	withNonce := func(nonce []byte) []byte {
+		return enc(func(e *msgpack.Encoder) {
+			head(e)
+			_ = e.EncodeBytes(nonce)
+			_ = e.EncodeUint(1)
+		})
+	}
+	valid := encodeHello(hello{Protocol: ProtocolVersion, ClusterID: 1, NodeID: 2, Nonce: testNonce(3)})
 	cases := map[string][]byte{
 		"empty":           nil,
 		"not an array":    enc(func(e *msgpack.Encoder) { _ = e.EncodeUint(1) }),
+		"no fields":       enc(func(e *msgpack.Encoder) { _ = e.EncodeArrayLen(0) }),
 		"too few fields":  enc(func(e *msgpack.Encoder) { _ = e.EncodeArrayLen(3) }),
 		"too many fields": enc(func(e *msgpack.Encoder) { _ = e.EncodeArrayLen(1000) }),
 		// array32 header claiming 4 billion elements: must not allocate for them.
-		"huge array": {0xdd, 0xff, 0xff, 0xff, 0xff},
-		"truncated":  encodeHello(hello{Protocol: 1, ClusterID: 1, NodeID: 2})[:3],
-		"protocol wraps uint32": enc(func(e *msgpack.Encoder) {
+		"huge array":             {0xdd, 0xff, 0xff, 0xff, 0xff},
+		"truncated":              valid[:3],
+		"truncated in the nonce": valid[:len(valid)-10],
+		"no auth field":          valid[:len(valid)-1],
+		"v2 with four fields": enc(func(e *msgpack.Encoder) {
 			_ = e.EncodeArrayLen(4)
-			_ = e.EncodeUint(1<<32 + 1)
+			_ = e.EncodeUint(uint64(ProtocolVersion))
 			_ = e.EncodeUint(1)
 			_ = e.EncodeUint(2)
-			_ = e.EncodeBytes(nil)
+			n := testNonce(0)
+			_ = e.EncodeBytes(n[:])
+		}),
+		"protocol wraps uint32": enc(func(e *msgpack.Encoder) {
+			_ = e.EncodeArrayLen(helloFields)
+			_ = e.EncodeUint(1<<32 + uint64(ProtocolVersion))
+			_ = e.EncodeUint(1)
+			_ = e.EncodeUint(2)
 		}),
 		// bin32 header claiming 1 GiB with 3 bytes behind it: msgpack would allocate 1 GiB.
-		"auth length lies": append(enc(func(e *msgpack.Encoder) {
-			_ = e.EncodeArrayLen(4)
+		"nonce length lies": append(enc(head), 0xc6, 0x40, 0x00, 0x00, 0x00, 1, 2, 3),
+		// The right length declared, fewer bytes behind it.
+		"nonce length 32, 3 bytes": append(enc(head), 0xc4, 32, 1, 2, 3),
+		"nonce nil":                withNonce(nil),
+		"nonce empty":              withNonce([]byte{}),
+		"nonce 31 bytes":           withNonce(make([]byte, 31)),
+		"nonce 33 bytes":           withNonce(make([]byte, 33)),
+		"nonce 1 KiB":              withNonce(make([]byte, 1024)),
+		"nonce is a string": enc(func(e *msgpack.Encoder) {
+			head(e)
+			_ = e.EncodeString(string(make([]byte, 32)))
 			_ = e.EncodeUint(1)
-			_ = e.EncodeUint(1)
-			_ = e.EncodeUint(2)
-		}), 0xc6, 0x40, 0x00, 0x00, 0x00, 1, 2, 3),
-		"auth over limit": enc(func(e *msgpack.Encoder) {
-			_ = e.EncodeArrayLen(4)
-			_ = e.EncodeUint(1)
-			_ = e.EncodeUint(1)
-			_ = e.EncodeUint(2)
-			_ = e.EncodeBytes(make([]byte, helloAuthBytesMax+1))
+		}),
+		"auth over a byte": enc(func(e *msgpack.Encoder) {
+			head(e)
+			_ = e.EncodeBytes(make([]byte, 32))
+			_ = e.EncodeUint(256)
+		}),
+		"auth negative": enc(func(e *msgpack.Encoder) {
+			head(e)
+			_ = e.EncodeBytes(make([]byte, 32))
+			_ = e.EncodeInt(-1)
 		}),
 	}
 	for name, b := range cases {
@@ -184,6 +257,104 @@ func TestDecodeHelloRejects(t *testing.T) {
 				t.Fatalf("%v allocations decoding a hostile hello", allocs)
 			}
 		})
+	}
+}
+
+func TestProofRoundTrip(t *testing.T) {
+	var in proof
+	copy(in.MAC[:], bytes.Repeat([]byte{0xab}, proofBytes))
+	out, err := decodeProof(encodeProof(in))
+	if err != nil || out != in {
+		t.Fatalf("got %+v, %v", out, err)
+	}
+	// Appended fields are ignored, as in the Hello.
+	var buf bytes.Buffer
+	e := msgpack.NewEncoder(&buf)
+	_ = e.EncodeArrayLen(2)
+	_ = e.EncodeBytes(in.MAC[:])
+	_ = e.EncodeString("future")
+	if out, err := decodeProof(buf.Bytes()); err != nil || out != in {
+		t.Fatalf("extended proof: %+v, %v", out, err)
+	}
+}
+
+func TestDecodeProofRejects(t *testing.T) {
+	enc := func(f func(e *msgpack.Encoder)) []byte {
+		var buf bytes.Buffer
+		f(msgpack.NewEncoder(&buf))
+		return buf.Bytes()
+	}
+	withMAC := func(mac []byte) []byte {
+		return enc(func(e *msgpack.Encoder) {
+			_ = e.EncodeArrayLen(1)
+			_ = e.EncodeBytes(mac)
+		})
+	}
+	valid := encodeProof(proof{})
+	cases := map[string][]byte{
+		"empty":           nil,
+		"not an array":    enc(func(e *msgpack.Encoder) { _ = e.EncodeBytes(make([]byte, 32)) }),
+		"no fields":       enc(func(e *msgpack.Encoder) { _ = e.EncodeArrayLen(0) }),
+		"too many fields": enc(func(e *msgpack.Encoder) { _ = e.EncodeArrayLen(proofFieldsMax + 1) }),
+		"huge array":      {0xdd, 0xff, 0xff, 0xff, 0xff},
+		"truncated":       valid[:len(valid)-1],
+		"mac nil":         withMAC(nil),
+		"mac 31 bytes":    withMAC(make([]byte, 31)),
+		"mac 33 bytes":    withMAC(make([]byte, 33)),
+		"mac 64 bytes":    withMAC(make([]byte, 64)),
+		"mac length lies": {0x91, 0xc6, 0x40, 0x00, 0x00, 0x00, 1, 2, 3},
+		"mac is a string": enc(func(e *msgpack.Encoder) {
+			_ = e.EncodeArrayLen(1)
+			_ = e.EncodeString(string(make([]byte, 32)))
+		}),
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			allocs := testing.AllocsPerRun(1, func() { _, _ = decodeProof(b) })
+			if _, err := decodeProof(b); !errors.Is(err, ErrBadProof) || !errors.Is(err, ErrInvalidFrame) {
+				t.Fatalf("err = %v, want ErrBadProof", err)
+			}
+			if allocs > 20 {
+				t.Fatalf("%v allocations decoding a hostile proof", allocs)
+			}
+		})
+	}
+}
+
+// The MAC's input layout is part of the wire protocol: pin it against an independent
+// construction, and check that every field it is meant to bind changes it.
+func TestHandshakeMAC(t *testing.T) {
+	secret := []byte("0123456789abcdef")
+	dn, an := testNonce(10), testNonce(100)
+	got := handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &dn, &an)
+
+	msg := []byte("multipaxos-netio-v1\x00dialer->acceptor")
+	msg = append(msg, 1, 2, 3, 4, 5, 6, 7, 8)
+	msg = append(msg, 0, 0, 0, 0, 0, 0, 0, 3)
+	msg = append(msg, 0, 0, 0, 0, 0, 0, 0, 9)
+	msg = append(msg, dn[:]...)
+	msg = append(msg, an[:]...)
+	m := hmac.New(sha256.New, secret)
+	m.Write(msg)
+	if want := m.Sum(nil); !bytes.Equal(got[:], want) {
+		t.Fatalf("MAC %x, want %x", got, want)
+	}
+	if len(labelDialer) != len(labelAcceptor) || labelDialer == labelAcceptor {
+		t.Fatal("direction labels must differ and have the same length")
+	}
+
+	variants := map[string][proofBytes]byte{
+		"other label":    handshakeMAC(secret, labelAcceptor, 0x0102030405060708, 3, 9, &dn, &an),
+		"other secret":   handshakeMAC([]byte("0123456789abcdeX"), labelDialer, 0x0102030405060708, 3, 9, &dn, &an),
+		"other cluster":  handshakeMAC(secret, labelDialer, 0x0102030405060709, 3, 9, &dn, &an),
+		"other dialer":   handshakeMAC(secret, labelDialer, 0x0102030405060708, 4, 9, &dn, &an),
+		"ids swapped":    handshakeMAC(secret, labelDialer, 0x0102030405060708, 9, 3, &dn, &an),
+		"nonces swapped": handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &an, &dn),
+	}
+	for name, v := range variants {
+		if v == got {
+			t.Errorf("%s: same MAC", name)
+		}
 	}
 }
 
@@ -216,23 +387,49 @@ func FuzzDecodeFrame(f *testing.F) {
 }
 
 // FuzzDecodeHello: the Hello decoder faces unauthenticated input; it must never panic
-// and whatever it accepts must survive a round trip.
+// and whatever it accepts must survive a round trip. The seed corpus in
+// testdata/fuzz/FuzzDecodeHello has version 1 Hellos (an old peer) and version 2 ones.
 func FuzzDecodeHello(f *testing.F) {
-	f.Add(encodeHello(hello{Protocol: 1, ClusterID: 3, NodeID: 4}))
-	f.Add(encodeHello(hello{Protocol: 1, ClusterID: 3, NodeID: 4, Auth: []byte("x")}))
+	f.Add(encodeHello(hello{Protocol: ProtocolVersion, ClusterID: 3, NodeID: 4}))
+	f.Add(encodeHello(hello{Protocol: ProtocolVersion, ClusterID: 3, NodeID: 4, Nonce: testNonce(9), Auth: 1}))
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHello(b)
 		if err != nil {
+			if !errors.Is(err, ErrBadHello) || h != (hello{}) {
+				t.Fatalf("error %v with %+v", err, h)
+			}
 			return
 		}
-		if len(h.Auth) > helloAuthBytesMax {
-			t.Fatalf("auth of %d bytes accepted", len(h.Auth))
+		if h.Protocol != ProtocolVersion {
+			if h != (hello{Protocol: h.Protocol}) {
+				t.Fatalf("another protocol decoded past its version: %+v", h)
+			}
+			return
 		}
-		h2, err := decodeHello(encodeHello(h))
-		if err != nil || h2.Protocol != h.Protocol || h2.ClusterID != h.ClusterID || h2.NodeID != h.NodeID ||
-			!bytes.Equal(h2.Auth, h.Auth) {
+		if h2, err := decodeHello(encodeHello(h)); err != nil || h2 != h {
 			t.Fatalf("round trip: %+v -> %+v, %v", h, h2, err)
+		}
+	})
+}
+
+// FuzzDecodeProof: the proof decoder also faces unauthenticated input. It must never
+// panic, a failure must leave nothing behind, and whatever it accepts must survive a
+// round trip. Seed corpus in testdata/fuzz/FuzzDecodeProof.
+func FuzzDecodeProof(f *testing.F) {
+	f.Add(encodeProof(proof{}))
+	f.Add(encodeProof(proof{MAC: testNonce(5)}))
+	f.Add([]byte{0x91, 0xc6, 0x40, 0x00, 0x00, 0x00, 1, 2, 3})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := decodeProof(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadProof) || p != (proof{}) {
+				t.Fatalf("error %v with %+v", err, p)
+			}
+			return
+		}
+		if p2, err := decodeProof(encodeProof(p)); err != nil || p2 != p {
+			t.Fatalf("round trip: %+v -> %+v, %v", p, p2, err)
 		}
 	})
 }

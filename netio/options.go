@@ -21,6 +21,16 @@ type Options struct {
 	// ClusterID is stamped on every frame; frames and Hellos with another value are
 	// refused. Must be non-zero, so that a forgotten setting is caught.
 	ClusterID uint64
+	// ClusterSecret authenticates peers: on every connection both sides prove that
+	// they hold it (challenge-response, HMAC-SHA256; the secret never goes on the
+	// wire), and a peer that cannot is refused before any of its frames reaches the
+	// Handler. Every member must have the same secret, at least ClusterSecretBytesMin
+	// (16) bytes, random (e.g. 32 bytes from crypto/rand). StartTCP keeps a copy.
+	//
+	// Empty means no authentication: anyone who can reach ListenAddr can join as a
+	// member. That is for loopback tests only, and StartTCP logs a warning saying so.
+	// A node with a secret and one without refuse each other.
+	ClusterSecret []byte
 	// ListenAddr is the host:port the listener binds (inbound peer connections).
 	ListenAddr string
 	// Peers maps every member, this node included, to its host:port. The entry for
@@ -47,8 +57,9 @@ type Options struct {
 	// ReconnectMin and ReconnectMax bound the redial backoff (doubling, with jitter
 	// between half and all of the current step). Defaults 50 ms and 2 s.
 	ReconnectMin, ReconnectMax time.Duration
-	// HandshakeTimeout is how long a new connection may take to complete the Hello
-	// exchange before it is closed. Default 3 s.
+	// HandshakeTimeout is how long a new connection may take to complete the
+	// handshake (Hellos and, with a ClusterSecret, proofs) before it is closed.
+	// Default 3 s.
 	HandshakeTimeout time.Duration
 	// KeepaliveInterval: a connected peer that has been sent nothing for this long is
 	// sent a keepalive frame. Default 1 s.
@@ -134,6 +145,10 @@ func (o Options) validate() error {
 	}
 	if o.ClusterID == 0 {
 		bad("ClusterID must be non-zero")
+	}
+	if n := len(o.ClusterSecret); n > 0 && n < ClusterSecretBytesMin {
+		// The length only: the secret itself must never reach an error or a log.
+		bad("ClusterSecret is %d bytes, must be at least %d (or empty, for no authentication)", n, ClusterSecretBytesMin)
 	}
 	if _, _, err := net.SplitHostPort(o.ListenAddr); err != nil {
 		bad("ListenAddr %q is not host:port: %v", o.ListenAddr, err)

@@ -1,6 +1,7 @@
 package netio
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,7 +31,7 @@ const spareBytesMax = 1 << 20
 type TCPTransport struct {
 	opts    Options // after withDefaults; read-only
 	log     *zap.Logger
-	hello   []byte               // this node's Hello frame; read-only, written as is
+	auth    uint8                // authentication mode this node requires and offers
 	peers   map[ids.NodeID]*peer // every member but this node; the map is read-only
 	order   []*peer              // peers by ID, for deterministic sweeps
 	maxBody int
@@ -66,9 +67,35 @@ type connState struct {
 	remote string    // remote address for logs; set in OnOpen, then read-only
 	opened time.Time // set in OnOpen, before the state is published in t.conns
 
-	established atomic.Bool  // the Hello exchange completed
+	// Handshake state (see onHandshake).
+	stage     handshakeStage   // the handshake frame due next
+	nonce     [nonceBytes]byte // ours on this connection
+	peerNonce [nonceBytes]byte // from the peer's Hello
+	// claimed is the node ID the peer's Hello named (0 before it), for the logs of a
+	// refusal; atomic because the ticker's handshake timeout logs it too.
+	claimed atomic.Uint64
+	// refused: this node closes the connection on purpose and has logged why, so
+	// OnClose need not guess. Set by the loop or the ticker.
+	refused atomic.Bool
+
+	established atomic.Bool  // the handshake completed (and the peer's proof verified)
 	lastRecv    atomic.Int64 // unix nanos of the last OnTraffic, for the idle sweep
 	closed      chan struct{}
+}
+
+// handshakeStage is the frame a connection must receive next before it is established.
+type handshakeStage uint8
+
+const (
+	stageHello handshakeStage = iota // the peer's Hello
+	stageProof                       // the peer's proof (only with a cluster secret)
+)
+
+func (s handshakeStage) String() string {
+	if s == stageProof {
+		return "proof"
+	}
+	return "hello"
 }
 
 // peer is one remote member and its outbound queue.
@@ -77,8 +104,8 @@ type connState struct {
 // pending, schedules exactly one flush task on the connection's event loop. The task
 // takes the whole buffer and writes it with one Conn.Write, so frames sent while a
 // flush was pending share its syscall. All writes to a connection happen on its loop
-// (OnOpen's Hello, the acceptor's Hello reply, flush tasks), which is one send path
-// and therefore one order.
+// (OnOpen's Hello, the acceptor's Hello and proof, the dialer's proof, flush tasks),
+// which is one send path and therefore one order.
 type peer struct {
 	t     *TCPTransport
 	id    ids.NodeID
@@ -105,16 +132,23 @@ type peer struct {
 
 // StartTCP validates opts, binds the listener and starts the engine and the dialers. It
 // returns once the listener is bound and the event loops run; a bind error is returned.
+// Without a ClusterSecret it logs a warning that peers are not authenticated.
 func StartTCP(opts Options) (*TCPTransport, error) {
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	// Our own copy: the caller may reuse or wipe its slice.
+	opts.ClusterSecret = bytes.Clone(opts.ClusterSecret)
+	auth := authNone
+	if len(opts.ClusterSecret) > 0 {
+		auth = authHMACSHA256
+	}
 	now := time.Now()
 	t := &TCPTransport{
 		opts:    opts,
 		log:     opts.Logger.Named("netio").With(zap.Uint64("node", uint64(opts.NodeID))),
-		hello:   appendHelloFrame(nil, opts.ClusterID, opts.NodeID),
+		auth:    auth,
 		peers:   make(map[ids.NodeID]*peer, len(opts.Peers)),
 		maxBody: MaxBodyBytes(opts.MaxFrameBytes),
 		ready:   make(chan struct{}),
@@ -169,8 +203,15 @@ func StartTCP(opts Options) (*TCPTransport, error) {
 			go t.dialLoop(p)
 		}
 	}
+	if auth == authNone {
+		t.log.Warn("NO CLUSTER SECRET: peers are not authenticated; anyone who can reach "+
+			"the listen address can join as a member and inject protocol messages. "+
+			"Set ClusterSecret on every node; run without it only for loopback tests",
+			zap.String("listen", opts.ListenAddr))
+	}
 	t.log.Info("transport started", zap.String("listen", opts.ListenAddr),
-		zap.Int("peers", len(t.order)), zap.Int("event_loops", opts.EventLoops))
+		zap.Int("peers", len(t.order)), zap.Int("event_loops", opts.EventLoops),
+		zap.Bool("authenticated", auth != authNone))
 	return t, nil
 }
 
@@ -353,12 +394,20 @@ func (t *TCPTransport) tick(now time.Time) {
 	}
 	t.mu.Unlock()
 	for _, e := range exp {
+		e.cs.refused.Store(true)
 		if e.cs.established.Load() {
 			t.log.Warn("closing connection", zap.String("reason", e.reason),
 				zap.String("remote", e.cs.remote), zap.Uint64("peer", uint64(e.cs.peer.id)))
 		} else {
 			t.stats.connsRefused.Add(1)
-			t.log.Warn("refused connection", zap.String("reason", e.reason), zap.String("remote", e.cs.remote))
+			fields := []zap.Field{zap.String("reason", e.reason), zap.String("remote", e.cs.remote)}
+			if claimed := e.cs.claimed.Load(); claimed != 0 {
+				fields = append(fields, zap.Uint64("claimed", claimed))
+			}
+			if e.cs.outbound { // peer was set before the state was published
+				fields = append(fields, zap.Uint64("dialed", uint64(e.cs.peer.id)))
+			}
+			t.log.Warn("refused connection", fields...)
 		}
 		// Close is safe off the loop and harmless on a connection that already closed.
 		_ = e.c.Close()

@@ -1,6 +1,7 @@
 package netio
 
 import (
+	"crypto/hmac"
 	"errors"
 	"time"
 
@@ -48,8 +49,9 @@ func (h *loopHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	t.mu.Unlock()
 	if cs.outbound {
 		// The dialer speaks first; the acceptor answers only a valid Hello, so a
-		// stranger learns nothing about this node before proving who it is.
-		return t.hello, gnet.None
+		// stranger learns nothing about this node before claiming to be a member.
+		newNonce(&cs.nonce)
+		return appendHelloFrame(nil, t.opts.ClusterID, t.opts.NodeID, &cs.nonce, t.auth), gnet.None
 	}
 	return nil, gnet.None
 }
@@ -79,10 +81,21 @@ func (h *loopHandler) OnClose(c gnet.Conn, err error) gnet.Action {
 				zap.String("remote", cs.remote), zap.Error(err))
 		}
 	}
-	if cs.outbound && !cs.established.Load() && !t.closed.Load() {
-		// The acceptor logs why it refused; here only the fact is worth a line.
-		t.log.Debug("outbound connection closed before the handshake", zap.Uint64("peer", uint64(cs.peer.id)),
-			zap.String("remote", cs.remote), zap.Error(err))
+	if !cs.established.Load() && !cs.refused.Load() && !t.closed.Load() {
+		switch {
+		case !cs.outbound && cs.stage == stageProof:
+			// We answered a member's Hello with our proof and it hung up instead of
+			// sending its own: most likely it refused ours, so it holds another
+			// secret. Only the dialer can tell, so say here where to look.
+			t.log.Warn("peer closed the connection during the handshake, before proving the cluster secret",
+				zap.Uint64("claimed", cs.claimed.Load()), zap.String("remote", cs.remote),
+				zap.String("hint", "check that both nodes have the same ClusterSecret; the peer's log says why"),
+				zap.Error(err))
+		case cs.outbound:
+			// The acceptor logs why it refused; here only the fact is worth a line.
+			t.log.Debug("outbound connection closed before the handshake", zap.Uint64("peer", uint64(cs.peer.id)),
+				zap.String("remote", cs.remote), zap.Error(err))
+		}
 	}
 	if cs.closed != nil {
 		close(cs.closed) // wakes the dialer
@@ -93,7 +106,7 @@ func (h *loopHandler) OnClose(c gnet.Conn, err error) gnet.Action {
 // OnTraffic decodes every complete frame in the inbound buffer. A partial frame stays
 // in gnet's buffer until more bytes arrive; the checks on its prefix (length,
 // version) run first, so a hostile length is refused before anything is buffered for
-// it. Until the Hello is accepted the frame limit is the Hello's small one.
+// it. Until the handshake completes the frame limit is the handshake's small one.
 func (h *loopHandler) OnTraffic(c gnet.Conn) gnet.Action {
 	t := h.t
 	cs := c.Context().(*connState)
@@ -126,12 +139,15 @@ func (h *loopHandler) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 		switch {
 		case !established:
-			if act := t.onHello(c, cs, hdr, body); act != gnet.None {
+			if act := t.onHandshake(c, cs, hdr, body); act != gnet.None {
 				return act // c is closing: do not touch its buffers again
 			}
 		case hdr.Type == TypeControl:
-			if hdr.Group == ctlHello {
+			switch hdr.Group {
+			case ctlHello:
 				return t.reject(cs, "second hello", ErrUnexpectedFrame)
+			case ctlProof:
+				return t.reject(cs, "proof after the handshake", ErrUnexpectedFrame)
 			}
 			// Keepalives only refresh lastRecv. Unknown control frames are ignored
 			// so that a later protocol can add some without breaking this one.
@@ -144,42 +160,109 @@ func (h *loopHandler) OnTraffic(c gnet.Conn) gnet.Action {
 	}
 }
 
-// onHello checks the first frame of a connection. On the accepting side it answers
-// with this node's Hello; either side then installs the connection as the peer's.
-func (t *TCPTransport) onHello(c gnet.Conn, cs *connState, hdr FrameHeader, body []byte) gnet.Action {
-	if hdr.Type != TypeControl || hdr.Group != ctlHello {
-		return t.reject(cs, "frame before hello", ErrUnexpectedFrame)
+// onHandshake takes a frame of a connection that is not established yet. The order
+// is fixed (see the package documentation):
+//
+//	dialer -> acceptor  Hello{protocol, cluster, node, nonce D, auth}
+//	acceptor -> dialer  Hello{protocol, cluster, node, nonce A, auth}, Proof(acceptor label)
+//	dialer -> acceptor  Proof(dialer label), then engine frames
+//
+// Without a cluster secret on both sides there are no proofs and the Hellos complete
+// the handshake. Anything out of this order closes the connection.
+func (t *TCPTransport) onHandshake(c gnet.Conn, cs *connState, hdr FrameHeader, body []byte) gnet.Action {
+	switch {
+	case hdr.Type != TypeControl:
+	case cs.stage == stageHello && hdr.Group == ctlHello:
+		return t.onHello(c, cs, body)
+	case cs.stage == stageProof && hdr.Group == ctlProof:
+		return t.onProof(c, cs, body)
 	}
+	return t.reject(cs, "frame before "+cs.stage.String(), ErrUnexpectedFrame)
+}
+
+// onHello checks the peer's Hello. On the accepting side it answers with this node's
+// Hello and, with a secret, its proof. Without a secret either side is now
+// established; with one, each waits for the peer's proof.
+func (t *TCPTransport) onHello(c gnet.Conn, cs *connState, body []byte) gnet.Action {
 	hl, err := decodeHello(body)
 	if err != nil {
 		return t.reject(cs, "malformed hello", err)
 	}
 	if hl.Protocol != ProtocolVersion {
-		return t.refuse(cs, "unsupported protocol version", zap.Uint32("protocol", hl.Protocol))
+		return t.refuse(cs, "unsupported protocol version", zap.Uint32("protocol", hl.Protocol),
+			zap.Uint32("supported", ProtocolVersion))
 	}
 	if hl.ClusterID != t.opts.ClusterID {
 		return t.reject(cs, "wrong cluster id in hello", ErrWrongCluster)
 	}
+	cs.claimed.Store(uint64(hl.NodeID))
 	p := t.peers[hl.NodeID] // nil for non-members and for this node itself
 	if p == nil {
-		return t.refuse(cs, "unknown node id", zap.Uint64("claimed", uint64(hl.NodeID)))
+		return t.refuse(cs, "unknown node id")
 	}
 	if cs.outbound {
 		if p != cs.peer {
-			return t.refuse(cs, "hello from an unexpected node",
-				zap.Uint64("claimed", uint64(hl.NodeID)), zap.Uint64("dialed", uint64(cs.peer.id)))
+			return t.refuse(cs, "hello from an unexpected node")
 		}
-	} else {
-		if !p.dialsUs() {
-			// The lower ID dials; a connection the other way would be a second path
-			// that breaks per-peer ordering (or a confused or hostile peer).
-			return t.refuse(cs, "wrong direction", zap.Uint64("claimed", uint64(hl.NodeID)))
+	} else if !p.dialsUs() {
+		// The lower ID dials; a connection the other way would be a second path
+		// that breaks per-peer ordering (or a confused or hostile peer).
+		return t.refuse(cs, "wrong direction")
+	}
+	if hl.Auth != t.auth {
+		// Never fall back to the weaker mode: a side with a secret accepts nothing
+		// but a verified proof, whoever proposes otherwise.
+		t.stats.authFailures.Add(1)
+		return t.refuse(cs, "authentication mismatch", zap.Error(ErrAuthMismatch),
+			zap.Bool("secret_set", t.auth != authNone), zap.Uint8("peer_auth", hl.Auth))
+	}
+	cs.peerNonce = hl.Nonce
+	if !cs.outbound {
+		cs.peer = p
+		newNonce(&cs.nonce)
+		reply := appendHelloFrame(nil, t.opts.ClusterID, t.opts.NodeID, &cs.nonce, t.auth)
+		if t.auth != authNone {
+			// The acceptor proves first: the dialer then gives out a proof only to a
+			// node that holds the secret, never to whoever it reached.
+			reply = appendProofFrame(reply, t.opts.ClusterID, t.proofFor(cs, labelAcceptor))
 		}
-		if _, err := c.Write(t.hello); err != nil {
+		if _, err := c.Write(reply); err != nil {
 			return gnet.Close // gnet has closed c already; OnClose ran
 		}
 	}
-	t.establish(c, cs, p)
+	if t.auth == authNone {
+		t.establish(c, cs, p)
+		return gnet.None
+	}
+	cs.stage = stageProof
+	return gnet.None
+}
+
+// onProof verifies the peer's proof. The dialer answers a good one with its own; both
+// sides are established once the peer's proof verified, so no engine frame is
+// accepted from, or sent to, a peer that has not proved the secret on this connection.
+func (t *TCPTransport) onProof(c gnet.Conn, cs *connState, body []byte) gnet.Action {
+	pr, err := decodeProof(body)
+	if err != nil {
+		return t.reject(cs, "malformed proof", err)
+	}
+	label := labelDialer // the label the peer must have used
+	if cs.outbound {
+		label = labelAcceptor
+	}
+	want := t.proofFor(cs, label)
+	if !hmac.Equal(pr.MAC[:], want[:]) {
+		t.stats.authFailures.Add(1)
+		return t.refuse(cs, "authentication failed", zap.Error(ErrAuthFailed))
+	}
+	if cs.outbound {
+		// Written before establish schedules any flush, and on this loop like every
+		// write to c, so the acceptor reads the proof before the first engine frame.
+		if _, err := c.Write(appendProofFrame(nil, t.opts.ClusterID, t.proofFor(cs, labelDialer))); err != nil {
+			return gnet.Close
+		}
+	}
+	t.establish(c, cs, cs.peer)
 	return gnet.None
 }
 
@@ -223,14 +306,22 @@ func (t *TCPTransport) reject(cs *connState, reason string, err error) gnet.Acti
 	return t.refuse(cs, reason, zap.Error(err))
 }
 
-// refuse logs why the connection closes and asks gnet to close it.
+// refuse logs why the connection closes and asks gnet to close it. A refusal names
+// the node the peer claimed to be (once its Hello said) and, outbound, the one dialed.
 func (t *TCPTransport) refuse(cs *connState, reason string, fields ...zap.Field) gnet.Action {
+	cs.refused.Store(true)
 	fields = append(fields, zap.String("reason", reason), zap.String("remote", cs.remote))
 	if cs.established.Load() {
 		t.log.Warn("closing connection", append(fields, zap.Uint64("peer", uint64(cs.peer.id)))...)
-	} else {
-		t.stats.connsRefused.Add(1)
-		t.log.Warn("refused connection", fields...)
+		return gnet.Close
 	}
+	t.stats.connsRefused.Add(1)
+	if claimed := cs.claimed.Load(); claimed != 0 {
+		fields = append(fields, zap.Uint64("claimed", claimed))
+	}
+	if cs.outbound {
+		fields = append(fields, zap.Uint64("dialed", uint64(cs.peer.id)))
+	}
+	t.log.Warn("refused connection", fields...)
 	return gnet.Close
 }

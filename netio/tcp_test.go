@@ -8,11 +8,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/vmihailenco/msgpack/v5"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -22,6 +24,10 @@ import (
 )
 
 const testCluster = 0xC1A5
+
+// testSecret is every test cluster's ClusterSecret unless a test says otherwise, so the
+// authenticated handshake is the one the general tests exercise.
+var testSecret = []byte("netio test cluster secret, 32 b.")
 
 // leakOpts ignores only gnet's process-global ants worker pool: its janitor goroutines
 // start at package init and its idle workers linger for ExpiryDuration (10 s) after
@@ -137,7 +143,7 @@ func newCluster(t *testing.T, n int, tweak func(*Options)) *cluster {
 func (c *cluster) options(id ids.NodeID, rec *recorder) Options {
 	o := Options{
 		NodeID: id, ClusterID: testCluster, ListenAddr: c.peers[id], Peers: c.peers,
-		Handler: rec.handle, Logger: c.log,
+		Handler: rec.handle, Logger: c.log, ClusterSecret: testSecret,
 	}
 	if c.tweak != nil {
 		c.tweak(&o)
@@ -359,9 +365,96 @@ func expectClosedByServer(t *testing.T, nc net.Conn) []byte {
 	return got
 }
 
+// helloFrame is a Hello as a hand-made peer with the test secret would send it.
 func helloFrame(frameCluster, helloCluster uint64, node ids.NodeID, proto uint32) []byte {
-	body := encodeHello(hello{Protocol: proto, ClusterID: helloCluster, NodeID: node})
-	return AppendFrame(nil, frameCluster, ctlHello, TypeControl, body)
+	b, _ := rawHello(frameCluster, helloCluster, node, proto, authHMACSHA256)
+	return b
+}
+
+// rawHello returns a Hello frame with a fresh nonce, and the nonce.
+func rawHello(frameCluster, helloCluster uint64, node ids.NodeID, proto uint32, auth uint8) ([]byte, [nonceBytes]byte) {
+	var nonce [nonceBytes]byte
+	newNonce(&nonce)
+	body := encodeHello(hello{Protocol: proto, ClusterID: helloCluster, NodeID: node, Nonce: nonce, Auth: auth})
+	return AppendFrame(nil, frameCluster, ctlHello, TypeControl, body), nonce
+}
+
+// v1HelloFrame is what a peer running protocol version 1 sends first.
+func v1HelloFrame(node ids.NodeID) []byte {
+	var buf bytes.Buffer
+	e := msgpack.NewEncoder(&buf)
+	_ = e.EncodeArrayLen(4)
+	_ = e.EncodeUint(1)
+	_ = e.EncodeUint(testCluster)
+	_ = e.EncodeUint(uint64(node))
+	_ = e.EncodeBytes(nil)
+	return AppendFrame(nil, testCluster, ctlHello, TypeControl, buf.Bytes())
+}
+
+// rawAnswer is what an acceptor answered to a hand-made Hello.
+type rawAnswer struct {
+	nc          net.Conn
+	dialerNonce [nonceBytes]byte
+	hello       hello
+	proofFrame  []byte // the acceptor's whole proof frame as received; nil without auth
+	proof       proof
+}
+
+// rawHelloExchange dials addr as member self, sends a Hello offering auth and reads the
+// acceptor's answer: its Hello and, with auth, its proof, which it checks under secret.
+func rawHelloExchange(t *testing.T, addr string, self, acceptor ids.NodeID, auth uint8, secret []byte) rawAnswer {
+	t.Helper()
+	a := rawAnswer{nc: rawDial(t, addr)}
+	var hf []byte
+	hf, a.dialerNonce = rawHello(testCluster, testCluster, self, ProtocolVersion, auth)
+	if _, err := a.nc.Write(hf); err != nil {
+		t.Fatal(err)
+	}
+	h, body := readFrame(t, a.nc)
+	if h.Type != TypeControl || h.Group != ctlHello {
+		t.Fatalf("first frame %+v is not a hello", h)
+	}
+	var err error
+	if a.hello, err = decodeHello(body); err != nil || a.hello.NodeID != acceptor ||
+		a.hello.ClusterID != testCluster || a.hello.Auth != auth {
+		t.Fatalf("acceptor's hello %+v, %v", a.hello, err)
+	}
+	if a.hello.Nonce == a.dialerNonce || a.hello.Nonce == ([nonceBytes]byte{}) {
+		t.Fatalf("acceptor's nonce %x is not fresh", a.hello.Nonce)
+	}
+	if auth == authNone {
+		return a
+	}
+	h, body = readFrame(t, a.nc)
+	if h.Type != TypeControl || h.Group != ctlProof {
+		t.Fatalf("second frame %+v is not a proof", h)
+	}
+	a.proofFrame = AppendFrame(nil, h.ClusterID, h.Group, h.Type, body)
+	if a.proof, err = decodeProof(body); err != nil {
+		t.Fatal(err)
+	}
+	want := handshakeMAC(secret, labelAcceptor, testCluster, self, acceptor, &a.dialerNonce, &a.hello.Nonce)
+	if a.proof.MAC != want {
+		t.Fatal("acceptor's proof does not verify")
+	}
+	return a
+}
+
+// dialerProofFrame is the proof a dialer holding secret sends after the exchange a.
+func (a rawAnswer) dialerProofFrame(secret []byte, self ids.NodeID) []byte {
+	mac := handshakeMAC(secret, labelDialer, testCluster, self, a.hello.NodeID, &a.dialerNonce, &a.hello.Nonce)
+	return appendProofFrame(nil, testCluster, mac)
+}
+
+// rawHandshake plays member self by hand: a complete handshake with the acceptor at
+// addr under the test secret. The connection is then established.
+func rawHandshake(t *testing.T, addr string, self, acceptor ids.NodeID) net.Conn {
+	t.Helper()
+	a := rawHelloExchange(t, addr, self, acceptor, authHMACSHA256, testSecret)
+	if _, err := a.nc.Write(a.dialerProofFrame(testSecret, self)); err != nil {
+		t.Fatal(err)
+	}
+	return a.nc
 }
 
 func TestTCPRefusesStrangers(t *testing.T) {
@@ -391,7 +484,17 @@ func TestTCPRefusesStrangers(t *testing.T) {
 		{"unknown node", helloFrame(testCluster, testCluster, 99, ProtocolVersion), "unknown node id"},
 		{"node claims to be the acceptor", helloFrame(testCluster, testCluster, 2, ProtocolVersion), "unknown node id"},
 		{"wrong direction", helloFrame(testCluster, testCluster, 3, ProtocolVersion), "wrong direction"},
-		{"protocol version", helloFrame(testCluster, testCluster, 1, 2), "unsupported protocol version"},
+		{"protocol version 1 (old peer)", v1HelloFrame(1), "unsupported protocol version"},
+		{"protocol version 3", helloFrame(testCluster, testCluster, 1, ProtocolVersion+1), "unsupported protocol version"},
+		{"no secret offered", func() []byte {
+			b, _ := rawHello(testCluster, testCluster, 1, ProtocolVersion, authNone)
+			return b
+		}(), "authentication mismatch"},
+		{"unknown auth mode", func() []byte {
+			b, _ := rawHello(testCluster, testCluster, 1, ProtocolVersion, 7)
+			return b
+		}(), "authentication mismatch"},
+		{"proof before hello", appendProofFrame(nil, testCluster, [proofBytes]byte{}), "frame before hello"},
 		{"data before hello", AppendFrame(nil, testCluster, 5, 1, []byte("sneaky")), "frame before hello"},
 		{"malformed hello", AppendFrame(nil, testCluster, ctlHello, TypeControl, []byte{0xc1}), "malformed hello"},
 		{"large frame before hello", AppendFrame(nil, testCluster, ctlHello, TypeControl, make([]byte, 2000)), "bad frame"},
@@ -454,27 +557,9 @@ func TestTCPNewestConnectionWins(t *testing.T) {
 	defer c.closeAll()
 	waitFor(t, "connected", func() bool { return n1.tr.Connected(2) && n2.tr.Connected(1) })
 
-	nc := rawDial(t, c.peers[2])
-	if _, err := nc.Write(helloFrame(testCluster, testCluster, 1, ProtocolVersion)); err != nil {
-		t.Fatal(err)
-	}
-	// The acceptor answers a valid Hello with its own.
-	_ = nc.SetReadDeadline(time.Now().Add(20 * time.Second))
-	head := make([]byte, 4)
-	if _, err := io.ReadFull(nc, head); err != nil {
-		t.Fatal(err)
-	}
-	rest := make([]byte, binary.BigEndian.Uint32(head))
-	if _, err := io.ReadFull(nc, rest); err != nil {
-		t.Fatal(err)
-	}
-	h, body, _, err := DecodeFrame(append(head, rest...), 0)
-	if err != nil || h.Type != TypeControl || h.Group != ctlHello {
-		t.Fatalf("reply %+v %v", h, err)
-	}
-	if hl, err := decodeHello(body); err != nil || hl.NodeID != 2 || hl.ClusterID != testCluster {
-		t.Fatalf("reply hello %+v %v", hl, err)
-	}
+	// A complete handshake as node 1 (with the secret: only a peer that proves it can
+	// displace a connection).
+	nc := rawHandshake(t, c.peers[2], 1, 2)
 	// Node 1's real connection was closed in favour of ours; node 1 redials, and its
 	// new connection in turn closes ours.
 	waitFor(t, "node 1 replaced", func() bool { return n1.tr.Stats().ConnsClosed >= 1 })
@@ -583,13 +668,15 @@ func TestOptionsValidation(t *testing.T) {
 		IdleTimeout:       time.Second,
 		EventLoops:        -1,
 		DialTimeout:       -time.Second,
+		ClusterSecret:     []byte("short-secret15b"),
 	})
 	var oe *OptionsError
 	if !errors.Is(err, ErrInvalidOptions) || !errors.As(err, &oe) {
 		t.Fatalf("err = %v", err)
 	}
 	for _, want := range []string{"NodeID", "ClusterID", "ListenAddr", "Handler", "Peers has node ID 0",
-		"Peers[2]", "MaxFrameBytes", "ReconnectMax", "IdleTimeout", "EventLoops", "DialTimeout"} {
+		"Peers[2]", "MaxFrameBytes", "ReconnectMax", "IdleTimeout", "EventLoops", "DialTimeout",
+		"ClusterSecret is 15 bytes"} {
 		found := false
 		for _, p := range oe.Problems {
 			found = found || bytes.Contains([]byte(p), []byte(want))
@@ -607,6 +694,14 @@ func TestOptionsValidation(t *testing.T) {
 	if o.MaxFrameBytes != DefaultMaxFrameBytes || o.PeerQueueBytesMax != DefaultPeerQueueBytesMax ||
 		o.DialTimeout != DefaultDialTimeout || o.EventLoops != 1 || o.Logger == nil {
 		t.Fatalf("defaults not filled: %+v", o)
+	}
+	// The error names the secret's length, never its bytes.
+	if strings.Contains(err.Error(), "short-secret") {
+		t.Fatalf("the secret leaked into the error: %v", err)
+	}
+	o.ClusterSecret = make([]byte, ClusterSecretBytesMin)
+	if err := o.validate(); err != nil {
+		t.Fatalf("a %d-byte secret does not validate: %v", ClusterSecretBytesMin, err)
 	}
 }
 
@@ -661,14 +756,8 @@ func TestTCPKeepaliveAndIdleTimeout(t *testing.T) {
 	defer c.closeAll()
 	waitFor(t, "2-3 connected", func() bool { return n2.tr.Connected(3) && n3.tr.Connected(2) })
 
-	nc := rawDial(t, c.peers[2])
+	nc := rawHandshake(t, c.peers[2], 1, 2)
 	defer nc.Close()
-	if _, err := nc.Write(helloFrame(testCluster, testCluster, 1, ProtocolVersion)); err != nil {
-		t.Fatal(err)
-	}
-	if h, _ := readFrame(t, nc); h.Group != ctlHello {
-		t.Fatalf("first frame %+v is not a hello", h)
-	}
 	for i := 0; i < 3; i++ {
 		if h, body := readFrame(t, nc); h.Type != TypeControl || h.Group != ctlKeepalive || len(body) != 0 {
 			t.Fatalf("idle link carried %+v", h)
@@ -706,17 +795,17 @@ func TestTCPPostHandshakeChecks(t *testing.T) {
 		{"bad version", func() []byte { b := AppendFrame(nil, testCluster, 1, 1, nil); b[4] = 7; return b }(), "bad frame"},
 		{"short length", []byte{0, 0, 0, 5, 1, 0, 0, 0, 0}, "bad frame"},
 		{"second hello", helloFrame(testCluster, testCluster, 1, ProtocolVersion), "second hello"},
+		{"proof after the handshake", appendProofFrame(nil, testCluster, [proofBytes]byte{}), "proof after the handshake"},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := n2.rec.count()
-			nc := rawDial(t, c.peers[2])
+			nc := rawHandshake(t, c.peers[2], 1, 2)
 			defer nc.Close()
 			good := AppendFrame(nil, testCluster, ids.GroupID(i), 3, []byte("good"))
-			// Hello, a good frame and the bad one in one write: the checks must hold
+			// A good frame and the bad one in one write: the checks must hold
 			// wherever the frame boundaries fall in the reads.
-			msg := append(helloFrame(testCluster, testCluster, 1, ProtocolVersion), good...)
-			if _, err := nc.Write(append(msg, tc.bad...)); err != nil {
+			if _, err := nc.Write(append(good, tc.bad...)); err != nil {
 				t.Fatal(err)
 			}
 			expectClosedByServer(t, nc)

@@ -42,7 +42,8 @@ type Stats struct {
 	Duplicated     uint64 // MemNetwork: extra copies injected by the duplicate fault
 
 	ConnsOpened  uint64 // connections that completed the handshake
-	ConnsRefused uint64 // connections closed during the handshake (stranger, bad Hello, timeout)
+	ConnsRefused uint64 // connections this node closed during the handshake (stranger, bad Hello or proof, timeout)
+	AuthFailures uint64 // of ConnsRefused: the peer's proof did not verify, or only one side has a secret
 	ConnsClosed  uint64 // established connections that closed, for any reason
 	DialFailures uint64 // outbound connects or registrations that failed
 	DecodeErrors uint64 // frames that failed a check; each one closed its connection
@@ -74,6 +75,7 @@ type counters struct {
 	duplicated                                                    atomic.Uint64
 
 	connsOpened, connsRefused, connsClosed, dialFailures, decodeErrors atomic.Uint64
+	authFailures                                                       atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -96,6 +98,7 @@ func (c *counters) snapshot() Stats {
 		Duplicated:   c.duplicated.Load(),
 		ConnsOpened:  c.connsOpened.Load(),
 		ConnsRefused: c.connsRefused.Load(),
+		AuthFailures: c.authFailures.Load(),
 		ConnsClosed:  c.connsClosed.Load(),
 		DialFailures: c.dialFailures.Load(),
 		DecodeErrors: c.decodeErrors.Load(),

@@ -157,6 +157,7 @@ func Start(opts Options) (*Node, error) {
 			NodeID: opts.NodeID, ClusterID: opts.ClusterID, ListenAddr: opts.Addr,
 			Peers: opts.Members, Handler: n.onFrame, Logger: opts.Logger,
 			MaxFrameBytes: opts.MaxFrameBytes,
+			ClusterSecret: opts.ClusterSecret,
 		})
 	}
 	if err != nil {

@@ -21,6 +21,12 @@ type Options struct {
 	// ClusterID is stamped on every frame; peers with another one are refused.
 	// Default 1.
 	ClusterID uint64
+	// ClusterSecret authenticates peers (netio.Options.ClusterSecret): every node
+	// must have the same one, at least 16 random bytes, and a peer that cannot prove
+	// it holds it is refused before any of its frames reaches a group. Keep it out of
+	// logs and version control. Empty: peers are not authenticated, which is only for
+	// loopback tests, and the node logs a warning at start. Unused with Transport.
+	ClusterSecret []byte
 	// Addr is the host:port the node listens on for peers. Default Members[NodeID].
 	Addr string
 	// Members maps every node of the cluster, this node included, to its peer
