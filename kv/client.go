@@ -22,6 +22,55 @@ type Engine interface {
 	Groups() int
 }
 
+// Reads is the engine's read API; *node.Node implements it. A Client whose
+// Engine also implements Reads (and that has a Store) serves linearizable reads
+// locally on the master and follower reads after a barrier.
+type Reads interface {
+	LeaseRead(ctx context.Context, g ids.GroupID, fn func() error) error
+	ReadBarrier(ctx context.Context, g ids.GroupID) error
+}
+
+// ReadMode says how a read is made linearizable, or not.
+type ReadMode uint8
+
+// Read modes.
+const (
+	// ReadLinearizable (the default): a lease read on the master, else through
+	// the log via the master.
+	ReadLinearizable ReadMode = iota
+	// ReadFollower: a read barrier (a quorum round) and then a local read on this
+	// member; linearizable, and spreads reads over members.
+	ReadFollower
+	// ReadStale: this member's state as it is, no coordination; may miss
+	// acknowledged writes. Only for callers that ask for it by name.
+	ReadStale
+)
+
+// ParseReadMode parses a ReadMode's name.
+func ParseReadMode(s string) (ReadMode, error) {
+	switch s {
+	case "linearizable":
+		return ReadLinearizable, nil
+	case "follower":
+		return ReadFollower, nil
+	case "stale":
+		return ReadStale, nil
+	}
+	return 0, fmt.Errorf("%w: read mode %q (want linearizable, follower or stale)", ErrInvalidOptions, s)
+}
+
+func (m ReadMode) String() string {
+	switch m {
+	case ReadLinearizable:
+		return "linearizable"
+	case ReadFollower:
+		return "follower"
+	case ReadStale:
+		return "stale"
+	}
+	return fmt.Sprintf("ReadMode(%d)", uint8(m))
+}
+
 // ErrPartial wraps the error of a multi-group write (DEL, MSET over keys of several
 // groups) when some groups' parts were applied and others failed or may not have
 // been: each group's part is atomic, the whole is not.
@@ -31,8 +80,8 @@ var ErrPartial = errors.New("kv: multi-group command partly applied")
 type ClientOptions struct {
 	// Engine carries commands through the log. Required.
 	Engine Engine
-	// Store is this node's store; the linearizable read path will read it locally
-	// under the master's lease. Optional today.
+	// Store is this node's store: lease reads, follower reads and stale reads read
+	// it locally. Without it every read goes through the log.
 	Store *Store
 	// Clock stamps commands (Command.Now). Default time.Now.
 	Clock func() time.Time
@@ -44,6 +93,7 @@ type ClientOptions struct {
 // concurrent use.
 type Client struct {
 	eng    Engine
+	reads  Reads // nil: reads go through the log
 	store  *Store
 	clock  func() time.Time
 	log    *zap.Logger
@@ -64,7 +114,9 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	return &Client{eng: opts.Engine, store: opts.Store, clock: opts.Clock, log: opts.Logger.Named("kv"), groups: opts.Engine.Groups()}, nil
+	c := &Client{eng: opts.Engine, store: opts.Store, clock: opts.Clock, log: opts.Logger.Named("kv"), groups: opts.Engine.Groups()}
+	c.reads, _ = opts.Engine.(Reads)
+	return c, nil
 }
 
 // Groups is the number of groups keys are spread over.
@@ -81,6 +133,14 @@ func (c *Client) Now() int64 { return c.clock().UnixMilli() }
 // node.ErrCanceled, node.ErrBusy, ...; ErrPartial for a multi-group write that
 // got partly through).
 func (c *Client) Do(ctx context.Context, cmd Command) (Reply, error) {
+	return c.DoMode(ctx, cmd, ReadLinearizable)
+}
+
+// DoMode is Do with the read mode for a read command (writes ignore it).
+func (c *Client) DoMode(ctx context.Context, cmd Command, mode ReadMode) (Reply, error) {
+	if mode == ReadStale && cmd.Op.IsRead() {
+		return c.ReadStale(cmd)
+	}
 	if cmd.Now == 0 {
 		cmd.Now = c.Now()
 	}
@@ -93,15 +153,15 @@ func (c *Client) Do(ctx context.Context, cmd Command) (Reply, error) {
 		for g := range parts {
 			parts[g] = part{g: ids.GroupID(g), cmd: cmd}
 		}
-		return c.fanOut(ctx, cmd, parts)
+		return c.fanOut(ctx, cmd, parts, mode)
 	case cmd.Op.MultiKey():
 		parts := c.split(cmd)
 		if len(parts) == 1 {
-			return c.exec(ctx, parts[0].g, &parts[0].cmd)
+			return c.exec(ctx, parts[0].g, &parts[0].cmd, mode)
 		}
-		return c.fanOut(ctx, cmd, parts)
+		return c.fanOut(ctx, cmd, parts, mode)
 	}
-	return c.exec(ctx, GroupOf(cmd.Keys[0], c.groups), &cmd)
+	return c.exec(ctx, GroupOf(cmd.Keys[0], c.groups), &cmd, mode)
 }
 
 // part is one group's share of a multi-group command; pos maps its keys back to
@@ -134,7 +194,7 @@ func (c *Client) split(cmd Command) []part {
 }
 
 // fanOut runs the parts in parallel and merges their replies.
-func (c *Client) fanOut(ctx context.Context, cmd Command, parts []part) (Reply, error) {
+func (c *Client) fanOut(ctx context.Context, cmd Command, parts []part, mode ReadMode) (Reply, error) {
 	replies := make([]Reply, len(parts))
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
@@ -142,7 +202,7 @@ func (c *Client) fanOut(ctx context.Context, cmd Command, parts []part) (Reply, 
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			replies[i], errs[i] = c.exec(ctx, parts[i].g, &parts[i].cmd)
+			replies[i], errs[i] = c.exec(ctx, parts[i].g, &parts[i].cmd, mode)
 		}(i)
 	}
 	wg.Wait()
@@ -190,12 +250,15 @@ func (c *Client) fanOut(ctx context.Context, cmd Command, parts []part) (Reply, 
 }
 
 // exec runs one single-group command.
-func (c *Client) exec(ctx context.Context, g ids.GroupID, cmd *Command) (Reply, error) {
+func (c *Client) exec(ctx context.Context, g ids.GroupID, cmd *Command, mode ReadMode) (Reply, error) {
 	b, err := EncodeCommand(cmd)
 	if err != nil {
 		return Reply{}, err
 	}
 	if cmd.Op.IsRead() {
+		if mode == ReadFollower {
+			return c.readFollower(ctx, g, cmd, b)
+		}
 		return c.readLinearizable(ctx, g, cmd, b)
 	}
 	return c.propose(ctx, g, b)
@@ -203,18 +266,55 @@ func (c *Client) exec(ctx context.Context, g ids.GroupID, cmd *Command) (Reply, 
 
 // readLinearizable evaluates a read command at a linearizable point of group g.
 //
-// Today it proposes the read through the log, like a write, and its result is
-// what Execute computed at the read's position: correct on any member, at the cost
-// of a Paxos round and an fsync per read. This is the one function that changes
-// when the engine has master leases: it becomes
-//
-//	err := node.LeaseRead(ctx, g, func() error { r, err = c.store.ReadLocal(g, *cmd); return err })
-//
-// (on the master while its lease holds, after it applied everything chosen; the
-// typed error's master hint goes back to the caller, or the read is forwarded),
-// and follower reads become ReadBarrier(ctx, g) followed by ReadLocal.
-func (c *Client) readLinearizable(ctx context.Context, g ids.GroupID, _ *Command, encoded []byte) (Reply, error) {
+// On the group's master, while its lease holds, the read runs locally inside
+// node.LeaseRead (after the master applied everything it knows chosen): no network
+// round, no fsync. On any other member (LeaseRead says ErrNotMaster) the read goes
+// through the log as a command, which the engine forwards to the master; its
+// result is what Execute computed at the read's position in the log. An engine
+// without lease reads (Direct in tests, or no Store) always takes the log path.
+func (c *Client) readLinearizable(ctx context.Context, g ids.GroupID, cmd *Command, encoded []byte) (Reply, error) {
+	if c.reads != nil && c.store != nil {
+		var r Reply
+		var readErr error
+		err := c.reads.LeaseRead(ctx, g, func() error {
+			r, readErr = c.store.ReadLocal(g, *cmd)
+			return readErr
+		})
+		switch {
+		case err == nil:
+			return r, nil
+		case readErr != nil:
+			return Reply{}, readErr
+		case !errors.Is(err, node.ErrNotMaster) && !errors.Is(err, node.ErrNoMaster):
+			return Reply{}, readError(err)
+		}
+	}
 	return c.propose(ctx, g, encoded)
+}
+
+// readFollower evaluates a read on this member after a read barrier: linearizable
+// without the master's lease (a quorum round, no clock assumption), served by any
+// member.
+func (c *Client) readFollower(ctx context.Context, g ids.GroupID, cmd *Command, encoded []byte) (Reply, error) {
+	if c.reads == nil || c.store == nil {
+		return c.propose(ctx, g, encoded)
+	}
+	if err := c.reads.ReadBarrier(ctx, g); err != nil {
+		return Reply{}, readError(err)
+	}
+	return c.store.ReadLocal(g, *cmd)
+}
+
+// readError gives a read that ended with its context the engine's ErrCanceled, so
+// callers classify it like a proposal that was never made: a read has no outcome
+// to be unsure about.
+func readError(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		if !errors.Is(err, node.ErrCanceled) && !errors.Is(err, node.ErrUnknownOutcome) {
+			return fmt.Errorf("%w: %w", node.ErrCanceled, err)
+		}
+	}
+	return err
 }
 
 func (c *Client) propose(ctx context.Context, g ids.GroupID, encoded []byte) (Reply, error) {

@@ -62,12 +62,15 @@
 //
 // # Reads
 //
-// Reads must be linearizable. Until the engine has master leases, a read is a
-// command in the log like a write (Client.readLinearizable): its result is computed
-// by Execute at the read's position in the log. When node.LeaseRead arrives, that
-// one function changes to evaluate the read with Store.ReadLocal inside LeaseRead's
-// callback, on the master, without a log round; ReadBarrier plus ReadLocal gives
-// follower reads the same way.
+// Reads are linearizable by default (Client.readLinearizable): on the group's
+// master, while its lease holds, the read runs locally inside node.LeaseRead with
+// Store.ReadLocal, with no network round and no fsync; on any other member the read
+// is a command in the log like a write, which the engine forwards to the master,
+// and its result is what Execute computed at the read's position. Follower reads
+// (ReadFollower) take node.ReadBarrier, a quorum round, and then read locally on
+// any member. Stale reads (ReadStale) read the local state with no coordination,
+// only when asked for by name. ReadLocal reads a Pebble snapshot, so reads may run
+// concurrently with Execute and a multi-key read is atomic within its group.
 //
 // # Checkpoints
 //
