@@ -1,0 +1,90 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/kv"
+	"github.com/multipaxos/engine/kv/server"
+	"github.com/multipaxos/engine/node"
+)
+
+// replicaConfig is one replica: an engine node, its KV store and its RESP server.
+type replicaConfig struct {
+	ID          ids.NodeID
+	ClusterID   uint64
+	Members     map[ids.NodeID]string
+	Listen      string // peer listen address; "" = Members[ID]
+	RESP        string
+	DataDir     string
+	Groups      int
+	Password    string
+	ReadMode    kv.ReadMode
+	Timeout     time.Duration
+	Logger      *zap.Logger
+	StoreMemory int64 // Pebble cache and memtable budget of the KV store; 0 = defaults
+}
+
+type replica struct {
+	cfg    replicaConfig
+	store  *kv.Store
+	node   *node.Node
+	client *kv.Client
+	resp   *server.Server
+}
+
+// startReplica opens the store before the node: the node replays the log into
+// the state machines while it starts.
+func startReplica(cfg replicaConfig) (*replica, error) {
+	lg := cfg.Logger.With(zap.Uint64("replica", uint64(cfg.ID)))
+	opts := kv.Options{Groups: cfg.Groups, Logger: lg}
+	if cfg.StoreMemory > 0 {
+		opts.CacheSize = cfg.StoreMemory / 2
+		opts.MemTableSize = uint64(cfg.StoreMemory / 4)
+	}
+	store, err := kv.Open(filepath.Join(cfg.DataDir, "kv"), opts)
+	if err != nil {
+		return nil, err
+	}
+	n, err := node.Start(node.Options{
+		NodeID: cfg.ID, ClusterID: cfg.ClusterID, Addr: cfg.Listen, Members: cfg.Members,
+		Groups: cfg.Groups, DataDir: cfg.DataDir, StateMachines: store.StateMachines, Logger: lg,
+	})
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
+	r := &replica{cfg: cfg, store: store, node: n}
+	r.client, err = kv.NewClient(kv.ClientOptions{Engine: n, Store: store, Logger: lg})
+	if err == nil {
+		r.resp, err = server.Start(server.Config{Addr: cfg.RESP, Client: r.client, Node: n,
+			Password: cfg.Password, ReadMode: cfg.ReadMode, Timeout: cfg.Timeout, Logger: lg})
+	}
+	if err != nil {
+		_ = n.Stop()
+		_ = store.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// close stops in dependency order: clients first (their commands finish or fail),
+// then the engine (no more Execute), then the store.
+func (r *replica) close() error {
+	var errs []error
+	if err := r.resp.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("RESP server: %w", err))
+	}
+	if err := r.node.Stop(); err != nil {
+		errs = append(errs, fmt.Errorf("node: %w", err))
+	}
+	if err := r.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("store: %w", err))
+	}
+	return errors.Join(errs...)
+}
