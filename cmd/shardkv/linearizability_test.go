@@ -119,17 +119,23 @@ type loadStats struct {
 
 // worker runs random operations until ctx ends. Reads that fail are dropped;
 // writes that fail are indeterminate (Return = MaxInt64, any outcome).
-func worker(ctx context.Context, id int, clients []*redis.Client, keys []string, h *history, st *loadStats, acked *sync.Map) {
+//
+// The keys change every epochLen (keys of epoch e are "e<e>-k<i>"): an
+// indeterminate write can be linearized anywhere after its call, which makes the
+// check's search grow with everything that follows it on its key; fresh keys
+// bound that to one epoch.
+func worker(ctx context.Context, id int, clients []*redis.Client, nkeys int, h *history, st *loadStats, acked *sync.Map) {
 	rng := rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
 	clientID := id * 1000
 	seq := 0
 	for ctx.Err() == nil {
 		seq++
 		cl := clients[rng.IntN(len(clients))]
+		call := h.now()
+		keys := epochKeys(epochOf(call), nkeys)
 		k := keys[rng.IntN(len(keys))]
 		k2 := keys[rng.IntN(len(keys))]
 		opCtx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
-		call := h.now()
 		unique := int64(id)*1_000_000_000 + int64(seq)
 		var err error
 		switch p := rng.IntN(100); {
@@ -223,6 +229,18 @@ func worker(ctx context.Context, id int, clients []*redis.Client, keys []string,
 	}
 }
 
+const epochLen = 3 * time.Second
+
+func epochOf(t int64) int { return int(t / int64(epochLen)) }
+
+func epochKeys(epoch, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("e%d-k%d", epoch, i)
+	}
+	return keys
+}
+
 func indexOf(s []string, k string) int {
 	for i, x := range s {
 		if x == k {
@@ -285,9 +303,9 @@ func chaos(ctx context.Context, c *cluster, rng *rand.Rand) int {
 // acknowledged write is on every replica. SHARDKV_LONG=1 runs the long version
 // (SHARDKV_LONG_DURATION, default 60s) with SIGKILL and SIGSTOP faults.
 func TestLinearizableUnderFaults(t *testing.T) {
-	duration, workers, nem := 4*time.Second, 12, nemesis(killOnce)
+	duration, workers, nem, checkTime := 4*time.Second, 12, nemesis(killOnce), time.Minute
 	if os.Getenv("SHARDKV_LONG") == "1" {
-		duration, workers, nem = 60*time.Second, 24, chaos
+		duration, workers, nem, checkTime = 60*time.Second, 24, chaos, 10*time.Minute
 		if d, err := time.ParseDuration(os.Getenv("SHARDKV_LONG_DURATION")); err == nil {
 			duration = d
 		}
@@ -296,7 +314,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 	c := startCluster(t, 16)
 	clients := []*redis.Client{c.client(0), c.client(1), c.client(2)}
-	keys := []string{"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"}
+	const nkeys = 8
 
 	h := &history{start: time.Now()}
 	var st loadStats
@@ -306,7 +324,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
-		go func(w int) { defer wg.Done(); worker(ctx, w, clients, keys, h, &st, &acked) }(w)
+		go func(w int) { defer wg.Done(); worker(ctx, w, clients, nkeys, h, &st, &acked) }(w)
 	}
 	faults := nem(ctx, c, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)))
 	wg.Wait()
@@ -328,21 +346,26 @@ func TestLinearizableUnderFaults(t *testing.T) {
 
 	// Final reads of every key through every replica, after everything: the
 	// restarted replica must give the same answers.
+	lastEpoch := epochOf(h.now())
 	for i, cl := range clients {
-		for _, k := range keys {
+		for e := 0; e <= lastEpoch; e++ {
+			keys := epochKeys(e, nkeys)
 			read := func() error {
 				rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer rcancel()
 				call := h.now()
-				v, err := cl.Get(rctx, k).Result()
-				switch {
-				case errors.Is(err, redis.Nil):
-					h.add(9000+i, regInput{key: k, kind: opGet}, call, regOutput{}, h.now())
-				case err == nil:
-					n, _ := strconv.ParseInt(v, 10, 64)
-					h.add(9000+i, regInput{key: k, kind: opGet}, call, regOutput{exists: true, value: n}, h.now())
-				default:
+				vs, err := cl.MGet(rctx, keys...).Result()
+				if err != nil {
 					return err
+				}
+				ret := h.now()
+				for j, v := range vs {
+					out := regOutput{}
+					if s, ok := v.(string); ok {
+						out.exists = true
+						out.value, _ = strconv.ParseInt(s, 10, 64)
+					}
+					h.add(9000+i, regInput{key: keys[j], kind: opGet}, call, out, ret)
 				}
 				return nil
 			}
@@ -354,7 +377,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 				time.Sleep(300 * time.Millisecond)
 			}
 			if err != nil {
-				t.Fatalf("final read of %s on replica %d: %v", k, i+1, err)
+				t.Fatalf("final read of epoch %d on replica %d: %v", e, i+1, err)
 			}
 		}
 	}
@@ -395,9 +418,9 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		}
 	}
 
-	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 60*time.Second)
-	t.Logf("%v of load: %d operations ok, %d failed reads dropped, %d indeterminate writes, %d acknowledged unique writes checked on 3 replicas (%d lost), %d faults; history of %d register operations: %v",
-		duration, st.ok.Load(), st.failedReads.Load(), countUnknown(h.ops), len(ackKeys), lost, faults, len(h.ops), res)
+	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, checkTime)
+	t.Logf("%v of load (%d keys per %v epoch): %d operations ok, %d failed reads dropped, %d indeterminate writes, %d acknowledged unique writes checked on 3 replicas (%d lost), %d faults; history of %d register operations: %v",
+		duration, nkeys, epochLen, st.ok.Load(), st.failedReads.Load(), countUnknown(h.ops), len(ackKeys), lost, faults, len(h.ops), res)
 	switch res {
 	case porcupine.Illegal:
 		path := fmt.Sprintf("%s/history.html", c.dir)

@@ -87,13 +87,19 @@ type Config struct {
 
 // Server is a running RESP listener.
 type Server struct {
-	cfg      Config
-	log      *zap.Logger
-	ln       net.Listener
-	srv      *redcon.Server
-	done     chan struct{} // closed when redcon's Serve returned
-	inflight sync.WaitGroup
-	started  time.Time
+	cfg     Config
+	log     *zap.Logger
+	ln      net.Listener
+	srv     *redcon.Server
+	done    chan struct{} // closed when redcon's Serve returned
+	started time.Time
+
+	// Commands in progress, so Close can wait for them. Not a WaitGroup: a
+	// connection's goroutine may start a pipelined command while Close waits.
+	mu       sync.Mutex
+	idle     sync.Cond // on mu: signaled when inflight drops to 0
+	inflight int       // under mu
+	closing  bool      // under mu
 
 	nextConnID atomic.Int64
 	conns      atomic.Int64
@@ -132,6 +138,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Addr, err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("resp"), ln: ln, done: make(chan struct{}), started: time.Now()}
+	s.idle.L = &s.mu
 	s.srv = redcon.NewServer(cfg.Addr, s.handle, s.accept, s.closed)
 	go func() {
 		defer close(s.done)
@@ -154,9 +161,16 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		s.mu.Unlock()
 		err = s.ln.Close()
 		<-s.done
-		s.inflight.Wait()
+		s.mu.Lock()
+		for s.inflight > 0 {
+			s.idle.Wait()
+		}
+		s.mu.Unlock()
 		if errors.Is(err, net.ErrClosed) {
 			err = nil
 		}
@@ -188,8 +202,21 @@ type call struct {
 }
 
 func (s *Server) handle(c redcon.Conn, cmd redcon.Command) {
-	s.inflight.Add(1)
-	defer s.inflight.Done()
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.WriteError("TRYAGAIN server shutting down")
+		return
+	}
+	s.inflight++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.inflight--; s.inflight == 0 {
+			s.idle.Broadcast()
+		}
+		s.mu.Unlock()
+	}()
 	s.commands.Add(1)
 	st, _ := c.Context().(*connState)
 	if st == nil {
