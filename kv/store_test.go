@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/node"
 )
 
 func openStore(t *testing.T, dir string, groups int) *Store {
@@ -545,5 +546,119 @@ func TestClientOverDirect(t *testing.T) {
 	cancel()
 	if _, err := c.Do(cctx, Command{Op: OpMSet, Keys: keys, Values: vals}); err == nil {
 		t.Fatal("canceled mset succeeded")
+	}
+}
+
+// TestReadLocalConcurrentWithExecute: ReadLocal reads a snapshot, so a multi-key
+// read never sees half of an instance, even while Execute runs (follower reads
+// after a barrier do exactly this).
+func TestReadLocalConcurrentWithExecute(t *testing.T) {
+	s := openStore(t, t.TempDir(), 1)
+	defer s.Close()
+	done := make(chan struct{})
+	var execErr error
+	go func() {
+		defer close(done)
+		for i := 0; i < 300 && execErr == nil; i++ {
+			v := []byte(fmt.Sprint(i))
+			b, _ := EncodeCommand(&Command{Op: OpMSet, Now: t0, Keys: ks("a", "b"), Values: [][]byte{v, v}})
+			_, execErr = s.Group(0).Execute(ids.InstanceID(i), [][]byte{b})
+		}
+	}()
+	defer func() {
+		<-done
+		if execErr != nil {
+			t.Fatal(execErr)
+		}
+	}()
+	for reads := 0; ; reads++ {
+		r, err := s.ReadLocal(0, Command{Op: OpMGet, Now: t0, Keys: ks("a", "b")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, b := r.Array[0], r.Array[1]; a.Kind != b.Kind || !bytes.Equal(a.Bulk, b.Bulk) {
+			t.Fatalf("read %d saw half an instance: %+v", reads, r)
+		}
+		select {
+		case <-done:
+			return
+		default:
+		}
+	}
+}
+
+// notMasterEngine is a Direct engine whose lease reads always say another node is
+// master, and that counts the paths reads take.
+type notMasterEngine struct {
+	*Direct
+	proposes, leaseReads, barriers int
+}
+
+func (e *notMasterEngine) Propose(ctx context.Context, g ids.GroupID, cmd []byte) (node.Result, error) {
+	e.proposes++
+	return e.Direct.Propose(ctx, g, cmd)
+}
+
+func (e *notMasterEngine) LeaseRead(context.Context, ids.GroupID, func() error) error {
+	e.leaseReads++
+	return &node.NotMasterError{Master: 2}
+}
+
+func (e *notMasterEngine) ReadBarrier(context.Context, ids.GroupID) error {
+	e.barriers++
+	return nil
+}
+
+func TestReadPaths(t *testing.T) {
+	s := openStore(t, t.TempDir(), 4)
+	defer s.Close()
+	ctx := context.Background()
+
+	// On the master: a lease read, no proposal.
+	c, _ := NewClient(ClientOptions{Engine: NewDirect(s), Store: s})
+	if err := c.Set(ctx, []byte("k"), []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Group(GroupOf([]byte("k"), 4)).Applied()
+	if v, ok, err := c.Get(ctx, []byte("k")); err != nil || !ok || string(v) != "v" {
+		t.Fatalf("lease read: %q %v %v", v, ok, err)
+	}
+	if s.Group(GroupOf([]byte("k"), 4)).Applied() != before {
+		t.Fatal("a lease read went through the log")
+	}
+
+	// Not the master: the read goes through the log (forwarded by the engine).
+	direct := &notMasterEngine{Direct: NewDirect(s)}
+	c, _ = NewClient(ClientOptions{Engine: direct, Store: s})
+	if v, ok, err := c.Get(ctx, []byte("k")); err != nil || !ok || string(v) != "v" {
+		t.Fatalf("forwarded read: %q %v %v", v, ok, err)
+	}
+	if direct.leaseReads != 1 || direct.proposes != 1 {
+		t.Fatalf("lease reads %d, proposals %d; want 1 and 1", direct.leaseReads, direct.proposes)
+	}
+
+	// Follower reads: a barrier, then a local read; no proposal.
+	r, err := c.DoMode(ctx, Command{Op: OpMGet, Keys: ks("k", "nope")}, ReadFollower)
+	if err != nil || string(r.Array[0].Bulk) != "v" || r.Array[1].Kind != KindNil {
+		t.Fatalf("follower read: %+v %v", r, err)
+	}
+	if direct.barriers < 1 || direct.proposes != 1 {
+		t.Fatalf("barriers %d, proposals %d", direct.barriers, direct.proposes)
+	}
+
+	// Stale reads touch nothing but the store.
+	r, err = c.DoMode(ctx, Command{Op: OpGet, Keys: ks("k")}, ReadStale)
+	if err != nil || string(r.Bulk) != "v" || direct.proposes != 1 || direct.leaseReads != 1 {
+		t.Fatalf("stale read: %+v %v", r, err)
+	}
+
+	// Without a store every read goes through the log.
+	direct.proposes = 0
+	c, _ = NewClient(ClientOptions{Engine: direct})
+	if _, _, err := c.Get(ctx, []byte("k")); err != nil || direct.proposes != 1 {
+		t.Fatalf("no store: %v, %d proposals", err, direct.proposes)
+	}
+	if _, err := c.DoMode(ctx, Command{Op: OpGet, Keys: ks("k")}, ReadStale); !errors.Is(err, ErrInvalidOptions) {
+		t.Fatalf("stale read without a store: %v", err)
 	}
 }
