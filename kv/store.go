@@ -217,9 +217,11 @@ func (m *GroupSM) Execute(inst ids.InstanceID, cmds [][]byte) ([][]byte, error) 
 	results := make([][]byte, len(cmds))
 	applied := ids.InstanceID(m.applied.Load())
 	if inst < applied {
-		// The engine replays from Applied(), so this is an engine bug or a
-		// checkpoint installed under a running group; never apply twice.
-		m.s.log.Error("instance already applied; not executing it again",
+		// Never apply twice. This happens after a crash when the engine's log
+		// recovered its chosen marks (written without fsync) behind this store:
+		// the engine replays only up to its chosen mark and then executes the
+		// instances it learns again, which this store already holds.
+		m.s.log.Warn("instance below the applied point; not executing it again",
 			zap.Uint32("group", uint32(m.g)), zap.Uint64("instance", uint64(inst)), zap.Uint64("applied", uint64(applied)))
 		return results, nil
 	}

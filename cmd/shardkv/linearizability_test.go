@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net"
 	"os"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -112,9 +115,45 @@ func (h *history) add(client int, in regInput, call int64, out regOutput, ret in
 	h.mu.Unlock()
 }
 
+// write records a write: its inputs, each optionally followed by its output. A
+// write that certainly did not run (refused connection, TRYAGAIN) is left out; one
+// that may have run is indeterminate: Return = MaxInt64 and any output.
+func (h *history) write(client int, call int64, err error, st *loadStats, parts ...any) {
+	if err != nil && notExecuted(err) {
+		st.notExecuted.Add(1)
+		return
+	}
+	ret := h.now()
+	if err != nil {
+		ret = math.MaxInt64
+	}
+	for i := 0; i < len(parts); i++ {
+		in := parts[i].(regInput)
+		out := regOutput{}
+		if i+1 < len(parts) {
+			if o, ok := parts[i+1].(regOutput); ok {
+				out = o
+				i++
+			}
+		}
+		out.unknown = err != nil
+		h.add(client, in, call, out, ret)
+	}
+}
+
+// notExecuted says whether a failed command certainly did not run: the
+// connection was never made, or the server said TRYAGAIN (see package kv/server).
+func notExecuted(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return strings.HasPrefix(err.Error(), "TRYAGAIN ")
+}
+
 // loadStats counts what the load did.
 type loadStats struct {
-	ok, failedReads, unknownWrites, acked atomic.Int64
+	ok, failedReads, notExecuted, acked atomic.Int64
 }
 
 // worker runs random operations until ctx ends. Reads that fail are dropped;
@@ -173,11 +212,7 @@ func worker(ctx context.Context, id int, clients []*redis.Client, nkeys int, h *
 			}
 		case p < 65:
 			err = cl.Set(opCtx, k, unique, 0).Err()
-			ret := h.now()
-			if err != nil {
-				ret = math.MaxInt64
-			}
-			h.add(clientID, regInput{key: k, kind: opSet, value: unique}, call, regOutput{unknown: err != nil}, ret)
+			h.write(clientID, call, err, st, regInput{key: k, kind: opSet, value: unique})
 		case p < 75:
 			// Two keys, maybe in two groups: each key's part is a write
 			// somewhere inside the call.
@@ -185,28 +220,16 @@ func worker(ctx context.Context, id int, clients []*redis.Client, nkeys int, h *
 				k2 = keys[(rng.IntN(len(keys)-1)+1+indexOf(keys, k))%len(keys)]
 			}
 			err = cl.MSet(opCtx, k, unique, k2, unique+500_000_000).Err()
-			ret := h.now()
-			if err != nil {
-				ret = math.MaxInt64
-			}
-			h.add(clientID, regInput{key: k, kind: opSet, value: unique}, call, regOutput{unknown: err != nil}, ret)
-			h.add(clientID, regInput{key: k2, kind: opSet, value: unique + 500_000_000}, call, regOutput{unknown: err != nil}, ret)
+			h.write(clientID, call, err, st, regInput{key: k, kind: opSet, value: unique},
+				regInput{key: k2, kind: opSet, value: unique + 500_000_000})
 		case p < 88:
 			var n int64
 			n, err = cl.Incr(opCtx, k).Result()
-			ret := h.now()
-			if err != nil {
-				ret = math.MaxInt64
-			}
-			h.add(clientID, regInput{key: k, kind: opIncr}, call, regOutput{value: n, unknown: err != nil}, ret)
+			h.write(clientID, call, err, st, regInput{key: k, kind: opIncr}, regOutput{value: n})
 		case p < 93:
 			var n int64
 			n, err = cl.Del(opCtx, k).Result()
-			ret := h.now()
-			if err != nil {
-				ret = math.MaxInt64
-			}
-			h.add(clientID, regInput{key: k, kind: opDel}, call, regOutput{value: n, unknown: err != nil}, ret)
+			h.write(clientID, call, err, st, regInput{key: k, kind: opDel}, regOutput{value: n})
 		default:
 			// A write that must survive everything once acknowledged.
 			ak := fmt.Sprintf("ack-%d-%d", id, seq)
@@ -314,7 +337,10 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 	c := startCluster(t, 16)
 	clients := []*redis.Client{c.client(0), c.client(1), c.client(2)}
-	const nkeys = 8
+	nkeys := 8
+	if os.Getenv("SHARDKV_LONG") == "1" {
+		nkeys = 16 // more load: keep each key's history (the check's unit) short
+	}
 
 	h := &history{start: time.Now()}
 	var st loadStats
@@ -419,10 +445,11 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 
 	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, checkTime)
-	t.Logf("%v of load (%d keys per %v epoch): %d operations ok, %d failed reads dropped, %d indeterminate writes, %d acknowledged unique writes checked on 3 replicas (%d lost), %d faults; history of %d register operations: %v",
-		duration, nkeys, epochLen, st.ok.Load(), st.failedReads.Load(), countUnknown(h.ops), len(ackKeys), lost, faults, len(h.ops), res)
+	t.Logf("%v of load (%d keys per %v epoch): %d operations ok, %d failed reads dropped, %d failed writes that did not run, %d indeterminate writes, %d acknowledged unique writes checked on 3 replicas (%d lost), %d faults; history of %d register operations: %v",
+		duration, nkeys, epochLen, st.ok.Load(), st.failedReads.Load(), st.notExecuted.Load(), countUnknown(h.ops), len(ackKeys), lost, faults, len(h.ops), res)
 	switch res {
 	case porcupine.Illegal:
+		dumpIllegal(t, h.ops)
 		path := fmt.Sprintf("%s/history.html", c.dir)
 		if f, err := os.Create(path); err == nil {
 			_ = porcupine.Visualize(registerModel, info, f)
@@ -488,6 +515,35 @@ func TestRegisterModelBites(t *testing.T) {
 	} {
 		if got := porcupine.CheckOperations(registerModel, tc.ops); got != tc.want {
 			t.Errorf("%s: linearizable=%v, want %v", name, got, tc.want)
+		}
+	}
+}
+
+// dumpIllegal writes the history of every key that fails the check, one
+// operation a line in call order, to a directory that outlives the test.
+func dumpIllegal(t *testing.T, ops []porcupine.Operation) {
+	dir, err := os.MkdirTemp("", "shardkv-illegal-")
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	for _, part := range registerModel.Partition(ops) {
+		if porcupine.CheckOperations(registerModel, part) {
+			continue
+		}
+		sort.Slice(part, func(i, j int) bool { return part[i].Call < part[j].Call })
+		key := part[0].Input.(regInput).key
+		var b strings.Builder
+		for _, op := range part {
+			ret := "inf"
+			if op.Return != math.MaxInt64 {
+				ret = fmt.Sprintf("%.3fms", float64(op.Return)/1e6)
+			}
+			fmt.Fprintf(&b, "%.3fms .. %s client %d: %s\n", float64(op.Call)/1e6, ret, op.ClientId, registerModel.DescribeOperation(op.Input, op.Output))
+		}
+		path := fmt.Sprintf("%s/%s.txt", dir, key)
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err == nil {
+			t.Logf("key %s is not linearizable; its history: %s", key, path)
 		}
 	}
 }
