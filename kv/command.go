@@ -109,19 +109,78 @@ func EncodeCommand(c *Command) ([]byte, error) {
 }
 
 // DecodeCommand parses the log bytes of a command and checks its shape, so that
-// execution can index Keys and Values without further checks.
+// execution can index Keys and Values without further checks. Every length is
+// checked against the bytes left before anything is allocated: a corrupt or
+// hostile command in the log must cost an error reply, not every member's memory.
 func DecodeCommand(b []byte) (Command, error) {
 	var c Command
 	if len(b) == 0 || b[0] != CommandVersion {
 		return c, fmt.Errorf("%w: version byte", ErrBadCommand)
 	}
-	if err := msgpack.Unmarshal(b[1:], &c); err != nil {
+	r := bytes.NewReader(b[1:])
+	d := msgpack.NewDecoder(r)
+	n, err := d.DecodeArrayLen()
+	if err != nil || n != 6 {
+		return c, fmt.Errorf("%w: header: array of %d, %v", ErrBadCommand, n, err)
+	}
+	op, err1 := d.DecodeUint8()
+	now, err2 := d.DecodeInt64()
+	if err := errors.Join(err1, err2); err != nil {
 		return c, fmt.Errorf("%w: %v", ErrBadCommand, err)
 	}
+	keys, err := decodeBytesList(d, r)
+	if err != nil {
+		return c, fmt.Errorf("%w: keys: %v", ErrBadCommand, err)
+	}
+	values, err := decodeBytesList(d, r)
+	if err != nil {
+		return c, fmt.Errorf("%w: values: %v", ErrBadCommand, err)
+	}
+	i, err1 := d.DecodeInt64()
+	flags, err2 := d.DecodeUint8()
+	if err := errors.Join(err1, err2); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
+	if r.Len() != 0 {
+		return c, fmt.Errorf("%w: %d trailing bytes", ErrBadCommand, r.Len())
+	}
+	c = Command{Op: Op(op), Now: now, Keys: keys, Values: values, Int: i, Flags: Flags(flags)}
 	if err := c.validate(); err != nil {
 		return c, err
 	}
 	return c, nil
+}
+
+// decodeBytesList decodes an array of byte strings (nil or a bin/str each).
+func decodeBytesList(d *msgpack.Decoder, r *bytes.Reader) ([][]byte, error) {
+	n, err := d.DecodeArrayLen()
+	if err != nil {
+		return nil, err
+	}
+	if n == -1 {
+		return nil, nil
+	}
+	if n < 0 || n > r.Len() { // every element takes at least one byte
+		return nil, fmt.Errorf("%d elements claimed, %d bytes left", n, r.Len())
+	}
+	out := make([][]byte, n)
+	for i := range out {
+		l, err := d.DecodeBytesLen()
+		if err != nil {
+			return nil, err
+		}
+		if l > r.Len() {
+			return nil, fmt.Errorf("%d bytes claimed, %d left", l, r.Len())
+		}
+		if l < 0 {
+			continue
+		}
+		out[i] = make([]byte, l)
+		if err := d.ReadFull(out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func (c *Command) validate() error {
