@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -591,21 +592,22 @@ func TestReadLocalConcurrentWithExecute(t *testing.T) {
 // master, and that counts the paths reads take.
 type notMasterEngine struct {
 	*Direct
-	proposes, leaseReads, barriers int
+	// Fan-out runs reads of different groups concurrently, hence atomics.
+	proposes, leaseReads, barriers atomic.Int64
 }
 
 func (e *notMasterEngine) Propose(ctx context.Context, g ids.GroupID, cmd []byte) (node.Result, error) {
-	e.proposes++
+	e.proposes.Add(1)
 	return e.Direct.Propose(ctx, g, cmd)
 }
 
 func (e *notMasterEngine) LeaseRead(context.Context, ids.GroupID, func() error) error {
-	e.leaseReads++
+	e.leaseReads.Add(1)
 	return &node.NotMasterError{Master: 2}
 }
 
 func (e *notMasterEngine) ReadBarrier(context.Context, ids.GroupID) error {
-	e.barriers++
+	e.barriers.Add(1)
 	return nil
 }
 
@@ -633,8 +635,8 @@ func TestReadPaths(t *testing.T) {
 	if v, ok, err := c.Get(ctx, []byte("k")); err != nil || !ok || string(v) != "v" {
 		t.Fatalf("forwarded read: %q %v %v", v, ok, err)
 	}
-	if direct.leaseReads != 1 || direct.proposes != 1 {
-		t.Fatalf("lease reads %d, proposals %d; want 1 and 1", direct.leaseReads, direct.proposes)
+	if direct.leaseReads.Load() != 1 || direct.proposes.Load() != 1 {
+		t.Fatalf("lease reads %d, proposals %d; want 1 and 1", direct.leaseReads.Load(), direct.proposes.Load())
 	}
 
 	// Follower reads: a barrier, then a local read; no proposal.
@@ -642,21 +644,21 @@ func TestReadPaths(t *testing.T) {
 	if err != nil || string(r.Array[0].Bulk) != "v" || r.Array[1].Kind != KindNil {
 		t.Fatalf("follower read: %+v %v", r, err)
 	}
-	if direct.barriers < 1 || direct.proposes != 1 {
-		t.Fatalf("barriers %d, proposals %d", direct.barriers, direct.proposes)
+	if direct.barriers.Load() < 1 || direct.proposes.Load() != 1 {
+		t.Fatalf("barriers %d, proposals %d", direct.barriers.Load(), direct.proposes.Load())
 	}
 
 	// Stale reads touch nothing but the store.
 	r, err = c.DoMode(ctx, Command{Op: OpGet, Keys: ks("k")}, ReadStale)
-	if err != nil || string(r.Bulk) != "v" || direct.proposes != 1 || direct.leaseReads != 1 {
+	if err != nil || string(r.Bulk) != "v" || direct.proposes.Load() != 1 || direct.leaseReads.Load() != 1 {
 		t.Fatalf("stale read: %+v %v", r, err)
 	}
 
 	// Without a store every read goes through the log.
-	direct.proposes = 0
+	direct.proposes.Store(0)
 	c, _ = NewClient(ClientOptions{Engine: direct})
-	if _, _, err := c.Get(ctx, []byte("k")); err != nil || direct.proposes != 1 {
-		t.Fatalf("no store: %v, %d proposals", err, direct.proposes)
+	if _, _, err := c.Get(ctx, []byte("k")); err != nil || direct.proposes.Load() != 1 {
+		t.Fatalf("no store: %v, %d proposals", err, direct.proposes.Load())
 	}
 	if _, err := c.DoMode(ctx, Command{Op: OpGet, Keys: ks("k")}, ReadStale); !errors.Is(err, ErrInvalidOptions) {
 		t.Fatalf("stale read without a store: %v", err)
