@@ -9,6 +9,7 @@ import (
 
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/learner"
 	"github.com/multipaxos/engine/logstore"
 	"github.com/multipaxos/engine/statemachine"
 	"go.uber.org/zap"
@@ -68,10 +69,12 @@ type Config struct {
 	// PendingMax bounds the proposals queued in this group; beyond it Propose fails
 	// with ErrBusy. Default 65536.
 	PendingMax int
-	// TeachCountMax and TeachBytesMax bound one MsgLearnValues. Defaults 256 and 1 MiB.
-	TeachCountMax int
-	TeachBytesMax int
-	Logger        *zap.Logger
+	// Learner bounds the streams this member teaches to members that fell behind
+	// (window, message size, resend timeout; see package learner).
+	Learner learner.Config
+	// TeachBudget is the node-wide bandwidth share for teaching; nil: no limit.
+	TeachBudget learner.Budget
+	Logger      *zap.Logger
 	// RequestSeqBase starts the sequence of the replica's own request IDs (master
 	// claims). It must differ between incarnations of a member, or a claim made
 	// before a crash and chosen after it could pass for a new one and lend it a lease
@@ -92,12 +95,7 @@ func (c *Config) fillDefaults() {
 	if c.PendingMax == 0 {
 		c.PendingMax = 65536
 	}
-	if c.TeachCountMax == 0 {
-		c.TeachCountMax = 256
-	}
-	if c.TeachBytesMax == 0 {
-		c.TeachBytesMax = 1 << 20
-	}
+	c.Learner = c.Learner.WithDefaults()
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -166,6 +164,15 @@ type Replica struct {
 	barriers         map[uint64]*barrier
 	barrierSeq       uint64
 
+	teacher     *learner.Teacher
+	minRetained ids.InstanceID // the lowest instance the log holds
+	// storedNext: every instance below it has its chosen value applied in the
+	// store, so a read shows it. The core's Next runs ahead of it while the
+	// batch that records a learned value is on its way, and until then the log
+	// may still show the value that was accepted there before: never teach that.
+	// Set from the store's callbacks (its goroutine), hence atomic.
+	storedNext atomic.Uint64
+
 	ticks     uint64
 	published atomic.Pointer[MasterInfo] // the master view, for other goroutines
 	next      atomic.Uint64
@@ -186,6 +193,7 @@ type Stats struct {
 	LazyWrites   uint64 // storage batches written without fsync
 	ApplyErrors  uint64
 	Core         instance.Stats
+	Teacher      learner.Stats
 }
 
 // New opens the group from storage: it loads the acceptor state, replays chosen
@@ -194,7 +202,8 @@ type Stats struct {
 func New(cfg Config) (*Replica, error) {
 	cfg.fillDefaults()
 	r := &Replica{cfg: cfg, inflight: map[RequestID]*Proposal{}, forwarded: map[RequestID]*Proposal{},
-		seenForward: map[RequestID]uint64{}, barriers: map[uint64]*barrier{}, sysResults: map[RequestID][]byte{}}
+		seenForward: map[RequestID]uint64{}, barriers: map[uint64]*barrier{}, sysResults: map[RequestID][]byte{},
+		teacher: learner.New(cfg.Learner)}
 	r.members = statemachine.Membership{Voters: sortedIDs(cfg.Members), Followers: sortedIDs(cfg.Followers)}
 	r.lease.init(&r.cfg)
 	// The replica's own request IDs have the top bit set, so they never meet the
@@ -209,6 +218,8 @@ func New(cfg Config) (*Replica, error) {
 	if err != nil {
 		return nil, fmt.Errorf("group %d: load meta: %w", cfg.Group, err)
 	}
+	r.minRetained = meta.MinRetained
+	r.storedNext.Store(uint64(meta.ChosenNext))
 	rec := instance.Recovered{HardState: instance.HardState{Promised: meta.Promised, Next: meta.ChosenNext}}
 	if e, err := cfg.Storage.Entry(cfg.Group, meta.ChosenNext); err == nil {
 		rec.Accepted = instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}
@@ -340,6 +351,8 @@ func (r *Replica) Tick() {
 	}
 	r.ticks++
 	r.core.Tick()
+	r.teacher.Tick()
+	r.pumpTeacher()
 	r.drainApply() // retry a stalled state machine
 	r.tickBarriers()
 	if r.ticks%64 == 0 {
@@ -363,7 +376,7 @@ func (r *Replica) Tick() {
 func (r *Replica) NeedsTick() bool {
 	return r.failed == nil && (r.core.Busy() || r.persisting || len(r.applyQueue) > 0 || len(r.queue) > 0 ||
 		len(r.forwarded) > 0 || len(r.barriers) > 0 || len(r.leaseReads) > 0 || len(r.inflight) > 0 ||
-		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()))
+		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()) || r.teacher.Active())
 }
 
 // Next is the first instance this member does not know chosen; safe to call from
@@ -381,6 +394,7 @@ func (r *Replica) Stats() Stats {
 	s := r.stats
 	s.Next, s.Applied, s.Queued, s.Core = r.core.Next(), r.applied, len(r.queue), r.core.Stats()
 	s.Promised = r.core.Promised()
+	s.Teacher = r.teacher.Stats()
 	return s
 }
 
@@ -555,11 +569,18 @@ func (r *Replica) flush() {
 			continue
 		}
 		batch := r.batchOf(rd)
+		stored := r.noteStored(rd.HardState)
 		if len(rd.Messages) == 0 {
 			// Nothing waits on it: write it without fsync and go on. The storage
 			// commits batches in order, so a later synced batch covers it.
 			r.stats.LazyWrites++
-			r.cfg.Storage.Commit(batch, r.lazyDone)
+			r.cfg.Storage.Commit(batch, func(err error) {
+				if err != nil {
+					r.cfg.Schedule(func() { r.storageFailed(err) })
+					return
+				}
+				stored()
+			})
 			continue
 		}
 		r.stats.SyncedWrites++
@@ -570,14 +591,30 @@ func (r *Replica) flush() {
 			r.waiting = nil
 			r.sendAll(rd.Messages) // the planted bug: replies before the fsync
 		}
-		r.cfg.Storage.Commit(batch, func(err error) { r.cfg.Schedule(func() { r.persisted(err) }) })
+		r.cfg.Storage.Commit(batch, func(err error) {
+			if err == nil {
+				stored()
+			}
+			r.cfg.Schedule(func() { r.persisted(err) })
+		})
 		return
 	}
 }
 
-func (r *Replica) lazyDone(err error) {
-	if err != nil {
-		r.cfg.Schedule(func() { r.storageFailed(err) })
+// noteStored returns the callback that records, once its batch is applied in the
+// store, that the chosen values below hs.Next are readable.
+func (r *Replica) noteStored(hs *instance.HardState) func() {
+	if hs == nil {
+		return func() {}
+	}
+	next := uint64(hs.Next)
+	return func() {
+		for {
+			old := r.storedNext.Load()
+			if old >= next || r.storedNext.CompareAndSwap(old, next) {
+				return
+			}
+		}
 	}
 }
 
@@ -648,8 +685,9 @@ func (r *Replica) handleUnpersisted(rd instance.Ready) {
 	r.applyQueue = append(r.applyQueue, rd.Committed...)
 	r.drainApply()
 	for _, t := range rd.Teach {
-		r.teach(t)
+		r.teacher.Request(t.To, t.From)
 	}
+	r.pumpTeacher()
 	r.drive()
 }
 
@@ -666,24 +704,36 @@ func (r *Replica) sendAll(msgs []instance.Message) {
 	}
 }
 
-// teach answers a learn request from the log.
-func (r *Replica) teach(t instance.LearnRequest) {
-	next := r.core.Next()
-	es, err := r.cfg.Storage.Entries(r.cfg.Group, t.From, r.cfg.TeachCountMax, r.cfg.TeachBytesMax)
-	if err != nil {
-		r.log.Warn("teach: read log", zap.Uint64("from", uint64(t.From)), zap.Error(err))
+// pumpTeacher streams chosen values to the learners this member teaches, as far as
+// their windows and the node's teaching budget allow.
+func (r *Replica) pumpTeacher() {
+	if !r.teacher.Active() {
 		return
 	}
-	m := instance.Message{Type: instance.MsgLearnValues, From: r.cfg.Self, To: t.To, Next: next}
-	for _, e := range es {
-		if e.Instance >= next {
-			break // accepted here but not known chosen: not ours to teach
-		}
-		m.Entries = append(m.Entries, instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value})
+	next := min(r.core.Next(), ids.InstanceID(r.storedNext.Load()))
+	need, err := r.teacher.Pump(next, r.minRetained, logSource{r}, r.cfg.TeachBudget,
+		func(to ids.NodeID, es []instance.Entry) {
+			r.cfg.Sender.Send(to, r.cfg.Group, &instance.Message{Type: instance.MsgLearnValues,
+				From: r.cfg.Self, To: to, Next: next, Entries: es})
+		})
+	if err != nil {
+		r.log.Warn("teach: read log", zap.Error(err))
 	}
-	if len(m.Entries) > 0 {
-		r.cfg.Sender.Send(t.To, r.cfg.Group, &m)
+	for _, to := range need {
+		r.offerCheckpoint(to)
 	}
+}
+
+// logSource reads chosen values for the teacher.
+type logSource struct{ r *Replica }
+
+func (s logSource) Entries(from ids.InstanceID, maxCount, maxBytes int) ([]instance.Entry, error) {
+	es, err := s.r.cfg.Storage.Entries(s.r.cfg.Group, from, maxCount, maxBytes)
+	out := make([]instance.Entry, len(es))
+	for i, e := range es {
+		out[i] = instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}
+	}
+	return out, err
 }
 
 // drainApply executes chosen instances in order until the state machine stalls.
@@ -805,6 +855,7 @@ func (r *Replica) publish() {
 	}
 	if old := r.published.Load(); old == nil || *old != info {
 		r.published.Store(&info)
+		r.core.SetTeacherHint(info.Master)
 	}
 }
 
@@ -815,4 +866,10 @@ func (r *Replica) Master() MasterInfo {
 		return *p
 	}
 	return MasterInfo{}
+}
+
+// offerCheckpoint is called for a learner that needs instances this member has
+// trimmed.
+func (r *Replica) offerCheckpoint(to ids.NodeID) {
+	r.log.Warn("learner needs trimmed instances; checkpoint transfer not wired yet", zap.Uint64("learner", uint64(to)))
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/multipaxos/engine/ids"
 )
@@ -59,9 +60,15 @@ type Core struct {
 
 	p proposer
 
-	// Learner: the highest Next seen from any member, and ticks left before an
-	// unanswered learn request is repeated (0: none outstanding).
+	// Learner: the highest Next seen from any member and from each, the member
+	// asked to teach (preferred: teacherHint, the master), how often in a row it
+	// was asked without an answer, and ticks left before an unanswered learn
+	// request goes to the next member ahead (0: none outstanding).
 	highestSeen ids.InstanceID
+	peerNext    map[ids.NodeID]ids.InstanceID
+	teacher     ids.NodeID
+	teacherHint ids.NodeID
+	learnTries  int
 	learnWait   int
 	statusWait  int
 
@@ -99,7 +106,8 @@ func New(cfg Config, rec Recovered) (*Core, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Core{cfg: cfg, hs: rec.HardState, rng: cfg.Seed ^ uint64(cfg.Self)*0x9e3779b97f4a7c15 | 1}
+	c := &Core{cfg: cfg, hs: rec.HardState, rng: cfg.Seed ^ uint64(cfg.Self)*0x9e3779b97f4a7c15 | 1,
+		peerNext: map[ids.NodeID]ids.InstanceID{}}
 	c.setMembers(cfg.Members, cfg.Followers)
 	if cfg.Knobs.ForgetPromiseOnRestart {
 		c.hs.Promised = ids.Ballot{}
@@ -276,7 +284,8 @@ func (c *Core) Tick() {
 	if c.learnWait > 0 {
 		c.learnWait--
 		if c.learnWait == 0 && c.highestSeen > c.hs.Next {
-			c.broadcastLearnReq()
+			c.learnTries++
+			c.askTeacher(0)
 		}
 	}
 	if c.cfg.StatusIntervalTicks > 0 {
@@ -324,9 +333,9 @@ func (c *Core) Step(m Message) error {
 			c.sendNow(Message{Type: MsgStatus, To: m.From})
 		}
 	case MsgLearnReq:
-		if m.Instance < c.hs.Next {
-			c.rd.Teach = append(c.rd.Teach, LearnRequest{To: m.From, From: m.Instance})
-		}
+		// A request is also the learner's ack; one at or past our Next ends the
+		// teacher's session with it.
+		c.rd.Teach = append(c.rd.Teach, LearnRequest{To: m.From, From: m.Instance})
 	case MsgLearnValues:
 		c.onLearnValues(m)
 	}
@@ -404,8 +413,10 @@ func (c *Core) onChosen(m Message) {
 		if m.Instance+1 > c.highestSeen {
 			c.highestSeen = m.Instance + 1
 		}
-		c.sendNow(Message{Type: MsgLearnReq, To: m.From, Instance: c.hs.Next})
-		c.learnWait = c.cfg.LearnTimeoutTicks
+		c.notePeerNext(m.From, m.Instance+1)
+		if c.learnWait == 0 || c.teacher != m.From {
+			c.askTeacher(m.From)
+		}
 	}
 }
 
@@ -437,7 +448,21 @@ func (c *Core) commit(e Entry) {
 
 // ---- learner ----
 
+// SetTeacherHint names the member to learn from first when this one falls behind
+// (the master, whose log is the most complete); 0 for none.
+func (c *Core) SetTeacherHint(n ids.NodeID) { c.teacherHint = n }
+
+// Learning reports whether this member knows it is behind and is being taught.
+func (c *Core) Learning() bool { return c.learnWait > 0 }
+
+func (c *Core) notePeerNext(n ids.NodeID, next ids.InstanceID) {
+	if n != c.cfg.Self && next > c.peerNext[n] {
+		c.peerNext[n] = next
+	}
+}
+
 func (c *Core) observeNext(m Message) {
+	c.notePeerNext(m.From, m.Next)
 	if m.Next <= c.hs.Next {
 		return
 	}
@@ -445,13 +470,35 @@ func (c *Core) observeNext(m Message) {
 		c.highestSeen = m.Next
 	}
 	if c.learnWait == 0 {
-		c.sendNow(Message{Type: MsgLearnReq, To: m.From, Instance: c.hs.Next})
-		c.learnWait = c.cfg.LearnTimeoutTicks
+		c.askTeacher(m.From)
 	}
 }
 
-func (c *Core) broadcastLearnReq() {
-	c.others(func(n ids.NodeID) { c.sendNow(Message{Type: MsgLearnReq, To: n, Instance: c.hs.Next}) })
+// askTeacher sends a learn request to one member that is ahead: the hint (the
+// master) if it is ahead and this is not a retry after it stayed silent, else the
+// members known to be ahead in turn, else fallback (the member whose message
+// showed we are behind).
+func (c *Core) askTeacher(fallback ids.NodeID) {
+	to := fallback
+	if h := c.teacherHint; h != 0 && h != c.cfg.Self && c.peerNext[h] > c.hs.Next && c.learnTries%2 == 0 {
+		to = h
+	} else {
+		var ahead []ids.NodeID
+		for n, next := range c.peerNext {
+			if next > c.hs.Next {
+				ahead = append(ahead, n)
+			}
+		}
+		if len(ahead) > 0 {
+			slices.Sort(ahead) // map order must not leak into the choice: determinism
+			to = ahead[c.learnTries%len(ahead)]
+		}
+	}
+	if to == 0 || to == c.cfg.Self {
+		return
+	}
+	c.teacher = to
+	c.sendNow(Message{Type: MsgLearnReq, To: to, Instance: c.hs.Next})
 	c.learnWait = c.cfg.LearnTimeoutTicks
 }
 
@@ -468,10 +515,17 @@ func (c *Core) onLearnValues(m Message) {
 		c.commit(e)
 		progressed = true
 	}
-	if progressed && c.highestSeen > c.hs.Next {
-		c.sendNow(Message{Type: MsgLearnReq, To: m.From, Instance: c.hs.Next})
+	if !progressed {
+		return // a duplicate or a value past a gap: the teacher's timeout resends
+	}
+	// The ack is a reply: it leaves once the batch that records these values is
+	// durable, so it never claims what a crash could take back.
+	c.reply(Message{Type: MsgLearnReq, To: m.From, Instance: c.hs.Next})
+	c.learnTries = 0
+	if c.highestSeen > c.hs.Next {
+		c.teacher = m.From
 		c.learnWait = c.cfg.LearnTimeoutTicks
-	} else if c.highestSeen <= c.hs.Next {
+	} else {
 		c.learnWait = 0
 	}
 }

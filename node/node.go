@@ -36,9 +36,11 @@ import (
 	"github.com/multipaxos/engine/group"
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/learner"
 	"github.com/multipaxos/engine/logstore"
 	"github.com/multipaxos/engine/netio"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // Errors of the public API. The group package's errors are re-exported so that a
@@ -78,7 +80,14 @@ type Node struct {
 	wg      sync.WaitGroup
 	codecs  sync.Pool
 	stopMu  sync.Mutex
+	// teachBudget is the bandwidth share of every group's teacher (nil: no limit).
+	teachBudget learner.Budget
 }
+
+// teachBudget is a token bucket of bytes shared by every group's teacher.
+type teachBudget struct{ l *rate.Limiter }
+
+func (b *teachBudget) Take(bytes int) bool { return b.l.AllowN(time.Now(), bytes) }
 
 // runner is one group's inbox and its replica. The replica is touched only by the
 // worker that holds the runner (scheduled == true and popped from work).
@@ -105,6 +114,12 @@ func Start(opts Options) (*Node, error) {
 	n := &Node{opts: opts, log: opts.Logger.With(zap.Uint64("node", uint64(opts.NodeID))),
 		quit: make(chan struct{}), work: make(chan *runner, opts.Groups)}
 	n.codecs.New = func() any { return instance.NewCodec() }
+	if opts.TeachBytesPerSecond > 0 {
+		// A burst of one window lets a session fill its window at once; the rate
+		// bounds the average.
+		burst := max(opts.Learner.WindowBytes, opts.MaxFrameBytes) // any one message fits
+		n.teachBudget = &teachBudget{rate.NewLimiter(rate.Limit(opts.TeachBytesPerSecond), burst)}
+	}
 	// Request IDs must not repeat across restarts: start from a random point.
 	n.seq.Store(rand.Uint64() >> 1)
 
@@ -140,6 +155,7 @@ func Start(opts Options) (*Node, error) {
 			RejectIfNotMaster: opts.RejectIfNotMaster,
 			BatchCountMax:     opts.BatchCountMax, BatchBytesMax: opts.BatchBytesMax,
 			PendingMax: opts.PendingMax, Logger: opts.Logger,
+			Learner: opts.Learner, TeachBudget: n.teachBudget,
 		})
 		if err != nil {
 			_ = store.Close()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/instance"
+	"github.com/multipaxos/engine/learner"
 	"github.com/multipaxos/engine/netio"
 	"github.com/multipaxos/engine/statemachine"
 	"go.uber.org/zap"
@@ -89,6 +90,17 @@ type Options struct {
 	// Workers is the number of goroutines that run groups. Default GOMAXPROCS.
 	Workers int
 
+	// Learner bounds each stream that catches a lagging member up (package
+	// learner): values and bytes in flight per learner, message size, resend
+	// timeout (ResendTicks and IdleTicks count TickIntervals), learners per group.
+	// Zero fields take the package's defaults; MessageBytes is at most
+	// MaxFrameBytes/2.
+	Learner learner.Config
+	// TeachBytesPerSecond is the share of bandwidth this node spends teaching
+	// lagging members, all groups together, so that catching others up never
+	// starves its own groups' traffic. Default 64 MiB/s; negative: no limit.
+	TeachBytesPerSecond int64
+
 	// Transport, when set, replaces the TCP transport (tests: netio.MemNetwork). It
 	// gets the handler for inbound frames.
 	Transport func(h netio.Handler) (netio.Transport, error)
@@ -130,6 +142,10 @@ func (o Options) withDefaults() Options {
 	defInt(&o.PendingMax, 65536)
 	defInt(&o.MaxFrameBytes, 16<<20)
 	defInt(&o.Workers, runtime.GOMAXPROCS(0))
+	o.Learner = o.Learner.WithDefaults()
+	if o.TeachBytesPerSecond == 0 {
+		o.TeachBytesPerSecond = 64 << 20
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -187,6 +203,9 @@ func (o Options) validate() error {
 	}
 	if o.Workers < 1 {
 		bad("Workers is %d, want >= 1", o.Workers)
+	}
+	if o.Learner.MessageBytes > o.MaxFrameBytes/2 {
+		bad("Learner.MessageBytes is %d, want at most MaxFrameBytes/2 (%d)", o.Learner.MessageBytes, o.MaxFrameBytes/2)
 	}
 	return errors.Join(errs...)
 }
