@@ -201,15 +201,15 @@ func (m *MemStore) CorruptEntry(g ids.GroupID, inst ids.InstanceID) error {
 // Trim implements Store. The trim is durable when Trim returns and, like a synced
 // WAL record, so is every batch committed before it; their callbacks still wait
 // for Sync.
-func (m *MemStore) Trim(g ids.GroupID, below ids.InstanceID) error {
+func (m *MemStore) Trim(g ids.GroupID, below ids.InstanceID, base []byte) error {
 	if m.closed {
 		return ErrClosed
 	}
-	cur, err := m.minRetained(m.visible, g)
+	cur, _, err := m.trimRecord(m.visible, g)
 	if err != nil || below <= cur {
 		return err
 	}
-	rec := encodeTrim(below)
+	rec := encodeTrim(below, base)
 	m.visible.group(g).trimTo(below, rec)
 	m.makeDurable()
 	m.durable.group(g).trimTo(below, rec)
@@ -217,16 +217,16 @@ func (m *MemStore) Trim(g ids.GroupID, below ids.InstanceID) error {
 	return nil
 }
 
-func (m *MemStore) minRetained(st *memState, g ids.GroupID) (ids.InstanceID, error) {
+func (m *MemStore) trimRecord(st *memState, g ids.GroupID) (ids.InstanceID, []byte, error) {
 	mg := st.groups[g]
 	if mg == nil || mg.trim == nil {
-		return 0, nil
+		return 0, nil, nil
 	}
-	min, err := decodeTrim(mg.trim)
+	min, base, err := decodeTrim(mg.trim)
 	if err != nil {
-		return 0, fmt.Errorf("group %d trim record: %w", g, err)
+		return 0, nil, fmt.Errorf("group %d trim record: %w", g, err)
 	}
-	return min, nil
+	return min, base, nil
 }
 
 // LoadMeta implements Store.
@@ -242,7 +242,8 @@ func (m *MemStore) LoadMeta(g ids.GroupID) (Meta, error) {
 		}
 	}
 	var err error
-	meta.MinRetained, err = m.minRetained(m.visible, g)
+	meta.MinRetained, meta.Base, err = m.trimRecord(m.visible, g)
+	meta.ChosenNext = max(meta.ChosenNext, meta.MinRetained)
 	return meta, err
 }
 

@@ -54,6 +54,7 @@ type op struct {
 	trim   bool // a Trim of group below `below`; writes is empty
 	group  ids.GroupID
 	below  ids.InstanceID
+	base   []byte // stored with the trim point
 	size   int // encoded bytes, for the queue and batch bounds
 	done   func(error)
 }
@@ -131,9 +132,9 @@ func (s *PebbleStore) Commit(b Batch, done func(error)) {
 // Trim implements Store. It goes through the commit queue so that it is ordered
 // with the commits before and after it: a record committed before Trim is called
 // is deleted by it, one committed after survives.
-func (s *PebbleStore) Trim(g ids.GroupID, below ids.InstanceID) error {
+func (s *PebbleStore) Trim(g ids.GroupID, below ids.InstanceID, base []byte) error {
 	res := make(chan error, 1)
-	s.enqueue(op{trim: true, group: g, below: below, size: opOverhead, done: func(err error) { res <- err }})
+	s.enqueue(op{trim: true, group: g, below: below, base: base, size: opOverhead + len(base), done: func(err error) { res <- err }})
 	return <-res
 }
 
@@ -259,7 +260,7 @@ func (s *PebbleStore) apply(ops []op) appliedBatch {
 	pb := s.db.NewBatch()
 	sync := false
 	if ops[0].trim {
-		if a.err = s.buildTrim(pb, ops[0].group, ops[0].below); a.err != nil {
+		if a.err = s.buildTrim(pb, ops[0].group, ops[0].below, ops[0].base); a.err != nil {
 			_ = pb.Close()
 			return a
 		}
@@ -332,15 +333,15 @@ func encodeWrites(pb *pebble.Batch, writes []GroupWrite) {
 // buildTrim adds a trim of g below `below` to pb: one range tombstone over the
 // log from instance 0 (so stray records under an earlier trim point go too) and
 // the raised trim record. A below at or under the current trim point adds nothing.
-func (s *PebbleStore) buildTrim(pb *pebble.Batch, g ids.GroupID, below ids.InstanceID) error {
-	cur, err := s.minRetained(g)
+func (s *PebbleStore) buildTrim(pb *pebble.Batch, g ids.GroupID, below ids.InstanceID, base []byte) error {
+	cur, _, err := s.trimRecord(g)
 	if err != nil || below <= cur {
 		return err
 	}
 	if err := pb.DeleteRange(logKey(g, 0), logKey(g, below), nil); err != nil {
 		return err
 	}
-	return pb.Set(trimKey(g), encodeTrim(below), nil)
+	return pb.Set(trimKey(g), encodeTrim(below, base), nil)
 }
 
 // fail records the first fatal error and returns the store's fatal error.
@@ -383,15 +384,15 @@ func (s *PebbleStore) get(key []byte, decode func([]byte) error) (found bool, er
 	return true, decode(v)
 }
 
-func (s *PebbleStore) minRetained(g ids.GroupID) (min ids.InstanceID, err error) {
+func (s *PebbleStore) trimRecord(g ids.GroupID) (min ids.InstanceID, base []byte, err error) {
 	_, err = s.get(trimKey(g), func(v []byte) (err error) {
-		min, err = decodeTrim(v)
+		min, base, err = decodeTrim(v)
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("group %d trim record: %w", g, err)
+		return 0, nil, fmt.Errorf("group %d trim record: %w", g, err)
 	}
-	return min, nil
+	return min, base, nil
 }
 
 // LoadMeta implements Store.
@@ -408,9 +409,10 @@ func (s *PebbleStore) LoadMeta(g ids.GroupID) (Meta, error) {
 	if err != nil {
 		return Meta{}, fmt.Errorf("group %d meta record: %w", g, err)
 	}
-	if m.MinRetained, err = s.minRetained(g); err != nil {
+	if m.MinRetained, m.Base, err = s.trimRecord(g); err != nil {
 		return Meta{}, err
 	}
+	m.ChosenNext = max(m.ChosenNext, m.MinRetained)
 	return m, nil
 }
 

@@ -33,7 +33,7 @@ func TestPebbleReopen(t *testing.T) {
 	s := openPebble(t, dir, Options{})
 	meta := Meta{Promised: ids.Ballot{Number: 12, Node: 3}, ChosenNext: 8}
 	mustCommit(t, s, GroupWrite{Group: 1, Meta: &meta, Entries: entries(0, 10, 50)})
-	if err := s.Trim(1, 4); err != nil {
+	if err := s.Trim(1, 4, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -43,7 +43,7 @@ func TestPebbleReopen(t *testing.T) {
 	s = openPebble(t, dir, Options{})
 	defer s.Close()
 	meta.MinRetained = 4
-	if m, err := s.LoadMeta(1); m != meta || err != nil {
+	if m, err := s.LoadMeta(1); !sameMeta(m, meta) || err != nil {
 		t.Fatalf("LoadMeta after reopen = %+v, %v; want %+v", m, err, meta)
 	}
 	if got, err := s.Entries(1, 4, 0, 0); err != nil || !equalEntries(got, entries(4, 10, 50)) {
@@ -165,7 +165,7 @@ func TestPebbleCorruption(t *testing.T) {
 	s := openPebble(t, dir, Options{})
 	meta := Meta{Promised: ids.Ballot{Number: 2, Node: 1}}
 	mustCommit(t, s, GroupWrite{Group: 1, Meta: &meta, Entries: entries(0, 4, 20)})
-	if err := s.Trim(2, 5); err != nil {
+	if err := s.Trim(2, 5, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {

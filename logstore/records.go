@@ -21,14 +21,15 @@ import (
 // the old ones.
 const (
 	formatMetaV1  byte = 0x11
-	formatTrimV1  byte = 0x21
+	formatTrimV1  byte = 0x21 // MinRetained only; still decoded
+	formatTrimV2  byte = 0x22 // MinRetained and the engine's base state there
 	formatEntryV1 byte = 0x31
 )
 
 const (
 	crcLen         = 4
 	metaRecordLen  = 1 + 8 + 8 + 8 + crcLen // format, Promised.Number, Promised.Node, ChosenNext
-	trimRecordLen  = 1 + 8 + crcLen         // format, MinRetained
+	trimRecordLen  = 1 + 8 + crcLen         // format, MinRetained (+ base, in V2)
 	entryHeaderLen = 1 + 8 + 8 + 8          // format, Instance, Ballot.Number, Ballot.Node
 	// entryOverhead is what an entry record adds to its value.
 	entryOverhead = entryHeaderLen + crcLen
@@ -83,19 +84,32 @@ func decodeMeta(rec []byte) (Meta, error) {
 	}, nil
 }
 
-func encodeTrim(minRetained ids.InstanceID) []byte {
-	rec := make([]byte, trimRecordLen)
-	rec[0] = formatTrimV1
+func encodeTrim(minRetained ids.InstanceID, base []byte) []byte {
+	rec := make([]byte, trimRecordLen+len(base))
+	rec[0] = formatTrimV2
 	binary.BigEndian.PutUint64(rec[1:], uint64(minRetained))
-	binary.BigEndian.PutUint32(rec[9:], crc32.Checksum(rec[:9], castagnoli))
+	copy(rec[9:], base)
+	body := len(rec) - crcLen
+	binary.BigEndian.PutUint32(rec[body:], crc32.Checksum(rec[:body], castagnoli))
 	return rec
 }
 
-func decodeTrim(rec []byte) (ids.InstanceID, error) {
-	if err := checkRecord(rec, "trim", formatTrimV1, trimRecordLen, false); err != nil {
-		return 0, err
+// decodeTrim decodes a trim record; base is a fresh copy (nil in a V1 record).
+func decodeTrim(rec []byte) (ids.InstanceID, []byte, error) {
+	if len(rec) > 0 && rec[0] == formatTrimV1 {
+		if err := checkRecord(rec, "trim", formatTrimV1, trimRecordLen, false); err != nil {
+			return 0, nil, err
+		}
+		return ids.InstanceID(binary.BigEndian.Uint64(rec[1:])), nil, nil
 	}
-	return ids.InstanceID(binary.BigEndian.Uint64(rec[1:])), nil
+	if err := checkRecord(rec, "trim", formatTrimV2, trimRecordLen, true); err != nil {
+		return 0, nil, err
+	}
+	var base []byte
+	if n := len(rec) - trimRecordLen; n > 0 {
+		base = append([]byte(nil), rec[9:9+n]...)
+	}
+	return ids.InstanceID(binary.BigEndian.Uint64(rec[1:])), base, nil
 }
 
 // entryRecordLen is the encoded size of e.

@@ -11,7 +11,7 @@ import (
 func TestRecordsRejectDamage(t *testing.T) {
 	e := encodeEntry(Entry{Instance: 7, Ballot: ids.Ballot{Number: 3, Node: 2}, Value: []byte("hello")})
 	m := encodeMeta(Meta{Promised: ids.Ballot{Number: 1, Node: 1}, ChosenNext: 9})
-	tr := encodeTrim(12)
+	tr := encodeTrim(12, []byte("base"))
 	// Every single-bit flip and every truncation of a valid record is caught.
 	for _, rec := range [][]byte{e, m, tr} {
 		for i := range len(rec) * 8 {
@@ -45,8 +45,8 @@ func decodeAny(rec []byte) error {
 		_, err = decodeEntry(rec)
 	case len(rec) > 0 && rec[0] == formatMetaV1:
 		_, err = decodeMeta(rec)
-	case len(rec) > 0 && rec[0] == formatTrimV1:
-		_, err = decodeTrim(rec)
+	case len(rec) > 0 && (rec[0] == formatTrimV1 || rec[0] == formatTrimV2):
+		_, _, err = decodeTrim(rec)
 	default:
 		_, err = decodeEntry(rec)
 	}
@@ -92,7 +92,8 @@ func FuzzDecodeEntry(f *testing.F) {
 // FuzzDecodeMeta does the same for the fixed-size meta and trim records.
 func FuzzDecodeMeta(f *testing.F) {
 	f.Add(encodeMeta(Meta{Promised: ids.Ballot{Number: 5, Node: 1}, ChosenNext: 10}), uint64(5), uint64(1), uint64(10), uint64(3))
-	f.Add(encodeTrim(77), uint64(0), uint64(0), uint64(0), uint64(0))
+	f.Add(encodeTrim(77, nil), uint64(0), uint64(0), uint64(0), uint64(0))
+	f.Add(encodeTrim(78, []byte("base")), uint64(0), uint64(0), uint64(0), uint64(0))
 	f.Add([]byte{formatMetaV1}, ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0))
 	f.Fuzz(func(t *testing.T, data []byte, num, node, chosen, retained uint64) {
 		if m, err := decodeMeta(data); err == nil {
@@ -102,18 +103,24 @@ func FuzzDecodeMeta(f *testing.F) {
 		} else if !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("error %v does not wrap ErrCorrupt", err)
 		}
-		if r, err := decodeTrim(data); err == nil {
-			if again := encodeTrim(r); !bytes.Equal(again, data) {
+		if r, base, err := decodeTrim(data); err == nil && data[0] == formatTrimV2 {
+			if again := encodeTrim(r, base); !bytes.Equal(again, data) {
 				t.Fatalf("decoded trim %x, re-encoded %x", data, again)
 			}
 		}
 		// MinRetained is not part of the meta record (keys.go says why).
 		want := Meta{Promised: ids.Ballot{Number: num, Node: ids.NodeID(node)}, ChosenNext: ids.InstanceID(chosen)}
-		if got, err := decodeMeta(encodeMeta(want)); err != nil || got != want {
+		if got, err := decodeMeta(encodeMeta(want)); err != nil || !sameMeta(got, want) {
 			t.Fatalf("round trip of %+v = %+v, %v", want, got, err)
 		}
-		if got, err := decodeTrim(encodeTrim(ids.InstanceID(retained))); err != nil || got != ids.InstanceID(retained) {
+		if got, base, err := decodeTrim(encodeTrim(ids.InstanceID(retained), data)); err != nil || got != ids.InstanceID(retained) || !bytes.Equal(base, data) {
 			t.Fatalf("round trip of trim %d = %d, %v", retained, got, err)
 		}
 	})
+}
+
+// sameMeta compares metas, Base by content.
+func sameMeta(a, b Meta) bool {
+	return a.Promised == b.Promised && a.ChosenNext == b.ChosenNext && a.MinRetained == b.MinRetained &&
+		bytes.Equal(a.Base, b.Base)
 }

@@ -16,7 +16,13 @@ type Meta struct {
 	ChosenNext ids.InstanceID
 	// MinRetained is the lowest instance still in the log; 0 until the first Trim.
 	// Only Trim changes it: the value in a GroupWrite is ignored (see keys.go).
+	// Every instance below it is chosen, so LoadMeta never reports a ChosenNext
+	// below it.
 	MinRetained ids.InstanceID
+	// Base is what the last Trim stored with MinRetained: the engine's own state
+	// at that instance (its master and membership records), which the trimmed
+	// log can no longer rebuild. Ignored in a GroupWrite.
+	Base []byte
 }
 
 // Entry is one instance record: the value accepted (or chosen) there and its ballot.
@@ -90,11 +96,13 @@ type Store interface {
 	// The store owns b, value slices included, from the call on: callers must
 	// not change them.
 	Commit(b Batch, done func(error))
-	// Trim deletes g's records below `below` and raises MinRetained to below,
-	// durably, before it returns. A below at or under MinRetained changes nothing.
-	// Trim is for coarse steps (thousands of instances): each one is a range
-	// tombstone that reads must skip until compaction drops it.
-	Trim(g ids.GroupID, below ids.InstanceID) error
+	// Trim deletes g's records below `below`, raises MinRetained to below and
+	// stores base with it, durably, before it returns. A below at or under
+	// MinRetained changes nothing. below may be above ChosenNext: a member that
+	// installed a checkpoint of instance below holds everything under it. Trim is
+	// for coarse steps (thousands of instances): each one is a range tombstone
+	// that reads must skip until compaction drops it.
+	Trim(g ids.GroupID, below ids.InstanceID, base []byte) error
 	// Stats returns the counters.
 	Stats() Stats
 	// Close completes every queued Commit (calling its done), then releases the

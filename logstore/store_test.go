@@ -93,7 +93,7 @@ func equalEntries(a, b []Entry) bool {
 
 func TestRoundTrip(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s Store) {
-		if m, err := s.LoadMeta(9); err != nil || m != (Meta{}) {
+		if m, err := s.LoadMeta(9); err != nil || !sameMeta(m, Meta{}) {
 			t.Fatalf("LoadMeta of a new group = %+v, %v; want zero", m, err)
 		}
 		meta := Meta{Promised: ids.Ballot{Number: 5, Node: 2}, ChosenNext: 3}
@@ -101,7 +101,7 @@ func TestRoundTrip(t *testing.T) {
 			GroupWrite{Group: 1, Meta: &meta, Entries: []Entry{ent(0, 1, "a"), ent(1, 1, ""), ent(2, 5, "ccc")}},
 			GroupWrite{Group: 2, Entries: []Entry{ent(0, 9, "other group")}},
 		)
-		if m, err := s.LoadMeta(1); err != nil || m != meta {
+		if m, err := s.LoadMeta(1); err != nil || !sameMeta(m, meta) {
 			t.Fatalf("LoadMeta = %+v, %v; want %+v", m, err, meta)
 		}
 		for _, want := range []Entry{ent(0, 1, "a"), ent(1, 1, ""), ent(2, 5, "ccc")} {
@@ -125,7 +125,7 @@ func TestRoundTrip(t *testing.T) {
 		if got, _ := s.Entry(1, 2); got.Ballot.Number != 7 || string(got.Value) != "y" {
 			t.Fatalf("overwritten Entry = %+v, want ballot 7 value y", got)
 		}
-		if m, _ := s.LoadMeta(1); m != meta {
+		if m, _ := s.LoadMeta(1); !sameMeta(m, meta) {
 			t.Fatalf("meta changed by a write without Meta: %+v", m)
 		}
 	})
@@ -182,7 +182,7 @@ func TestTrim(t *testing.T) {
 		meta := Meta{Promised: ids.Ballot{Number: 4, Node: 1}, ChosenNext: 10}
 		mustCommit(t, s, GroupWrite{Group: 1, Meta: &meta, Entries: entries(0, 10, 4)},
 			GroupWrite{Group: 2, Entries: entries(0, 10, 4)})
-		if err := s.Trim(1, 5); err != nil {
+		if err := s.Trim(1, 5, nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Entry(1, 4); !errors.Is(err, ErrNotFound) {
@@ -199,23 +199,27 @@ func TestTrim(t *testing.T) {
 		}
 		want := meta
 		want.MinRetained = 5
-		if m, err := s.LoadMeta(1); m != want || err != nil {
+		if m, err := s.LoadMeta(1); !sameMeta(m, want) || err != nil {
 			t.Fatalf("LoadMeta after trim = %+v, %v; want %+v", m, err, want)
 		}
 		// A lower trim point changes nothing.
-		if err := s.Trim(1, 3); err != nil {
+		if err := s.Trim(1, 3, nil); err != nil {
 			t.Fatal(err)
 		}
 		// A meta write from a caller that never saw the trim keeps MinRetained.
 		meta.Promised.Number = 6
 		mustCommit(t, s, GroupWrite{Group: 1, Meta: &meta})
 		want.Promised.Number = 6
-		if m, _ := s.LoadMeta(1); m != want {
+		if m, _ := s.LoadMeta(1); !sameMeta(m, want) {
 			t.Fatalf("LoadMeta = %+v; want %+v", m, want)
 		}
-		// Trimming past the end empties the log.
-		if err := s.Trim(1, 100); err != nil {
+		// Trimming past the end empties the log; a checkpoint's base state is
+		// kept with the trim point, and everything below it counts as chosen.
+		if err := s.Trim(1, 100, []byte("base at 100")); err != nil {
 			t.Fatal(err)
+		}
+		if m, _ := s.LoadMeta(1); m.MinRetained != 100 || m.ChosenNext != 100 || string(m.Base) != "base at 100" {
+			t.Fatalf("LoadMeta after a trim past ChosenNext = %+v", m)
 		}
 		if _, ok, _ := s.LastInstance(1); ok {
 			t.Fatal("LastInstance after trimming everything: want none")
@@ -248,7 +252,7 @@ func TestClosed(t *testing.T) {
 		if _, err := s.LoadMeta(1); !errors.Is(err, ErrClosed) {
 			t.Fatalf("LoadMeta after Close: %v", err)
 		}
-		if err := s.Trim(1, 1); !errors.Is(err, ErrClosed) {
+		if err := s.Trim(1, 1, nil); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Trim after Close: %v", err)
 		}
 		if err := s.Close(); !errors.Is(err, ErrClosed) {
