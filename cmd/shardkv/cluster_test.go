@@ -17,6 +17,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// testClusterSecret authenticates the test clusters' peers, as in a deployment.
+const testClusterSecret = "shardkv-test-secret-0123456789abcdef"
+
+// noSecretWarning is what the engine logs when it runs without a cluster secret;
+// a replica's log that shows it did not get --cluster-secret through.
+const noSecretWarning = "NO CLUSTER SECRET"
+
 // binary is the shardkv binary built once for the end-to-end tests.
 var binary string
 
@@ -143,6 +150,9 @@ func startCluster(t *testing.T, groups int, extra ...string) *cluster {
 	}
 	for i := range c.procs {
 		c.waitReady(i, 30*time.Second)
+		if log, _ := os.ReadFile(filepath.Join(c.dir, fmt.Sprintf("replica%d.log", c.procs[i].id))); bytes.Contains(log, []byte(noSecretWarning)) {
+			t.Fatalf("replica %d runs without the cluster secret:\n%s", c.procs[i].id, log)
+		}
 	}
 	return c
 }
@@ -166,6 +176,7 @@ func (c *cluster) start(i int) {
 		fmt.Sprint("SHARDKV_GROUPS=", c.groups),
 		"SHARDKV_TIMEOUT=2s",
 		"SHARDKV_LOG_LEVEL=warn",
+		"SHARDKV_CLUSTER_SECRET="+testClusterSecret,
 	)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,12 @@ data.`, stdout)
 	for i := 1; i <= 3; i++ {
 		members[ids.NodeID(i)] = fmt.Sprintf("127.0.0.1:%d", *peerPort+i-1)
 	}
+	// The replicas share this process, so a secret made for this run is enough:
+	// peer traffic is authenticated like a real cluster's, and nothing to keep.
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return fmt.Errorf("cluster secret: %w", err)
+	}
 	var replicas []*replica
 	stopAll := func() error {
 		var errs []error
@@ -65,7 +72,7 @@ data.`, stdout)
 	}
 	for i := 1; i <= 3; i++ {
 		r, err := startReplica(replicaConfig{
-			ID: ids.NodeID(i), ClusterID: 1, Members: members,
+			ID: ids.NodeID(i), ClusterID: 1, ClusterSecret: secret, Members: members,
 			RESP:    fmt.Sprintf("127.0.0.1:%d", *respPort+i-1),
 			DataDir: filepath.Join(*data, fmt.Sprint("replica", i)), Groups: *groups, Password: *pass,
 			Timeout: 5 * time.Second, Logger: lg, StoreMemory: 32 << 20,
@@ -85,7 +92,7 @@ data.`, stdout)
 			state = "resumed"
 		}
 	}
-	fmt.Fprintf(stdout, "shardkv demo: 3 replicas, %d groups, data in %s (%s)\n", *groups, *data, state)
+	fmt.Fprintf(stdout, "shardkv demo: 3 replicas, %d groups, data in %s (%s); peers authenticated with a secret made for this run\n", *groups, *data, state)
 	for _, r := range replicas {
 		fmt.Fprintf(stdout, "  replica %d: RESP %s, peers %s, data %s\n", r.cfg.ID, r.resp.Addr(), members[r.cfg.ID], r.cfg.DataDir)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/kv"
+	"github.com/multipaxos/engine/netio"
 )
 
 // errUsage marks a command-line mistake: the process exits with status 2.
@@ -203,4 +204,35 @@ func checkGroups(n int) error {
 		return fmt.Errorf("%w: --groups is %d, want 1 .. 65536", errUsage, n)
 	}
 	return nil
+}
+
+// checkClusterSecret refuses a secret the engine would refuse, and a missing one
+// when peers talk over a network: without it anyone who reaches a peer port joins
+// the cluster. A loopback-only cluster may run without (the engine logs a warning).
+func checkClusterSecret(secret string, peers peersFlag) error {
+	if n := len(secret); n > 0 && n < netio.ClusterSecretBytesMin {
+		return fmt.Errorf("%w: --cluster-secret is %d bytes, want at least %d", errUsage, n, netio.ClusterSecretBytesMin)
+	}
+	if secret != "" {
+		return nil
+	}
+	for id, addr := range peers {
+		if !isLoopback(addr) {
+			return fmt.Errorf("%w: --cluster-secret (or %s) is required: peer %d (%s) is not on loopback",
+				errUsage, envName("cluster-secret"), id, addr)
+		}
+	}
+	return nil
+}
+
+func isLoopback(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

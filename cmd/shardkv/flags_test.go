@@ -30,7 +30,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"serve", "--id", "1", "--peers", "1=nohost"}, nil, "missing port in address"},
 		{[]string{"serve", "--id", "1", "--peers", "1=h:1,1=h:2"}, nil, "node 1 appears twice"},
 		{[]string{"serve", "--id", "1", "--peers", "0=h:1"}, nil, "the ID must be a positive integer"},
-		{[]string{"serve", "--id", "1", "--peers", "1=h:1", "--data", "d", "--groups", "0"}, nil, "--groups is 0"},
+		{[]string{"serve", "--id", "1", "--peers", "1=127.0.0.1:1", "--data", "d", "--groups", "0"}, nil, "--groups is 0"},
 		{[]string{"serve", "--id", "1", "--peers", "1=h:1", "--data", "d", "--resp", "x"}, nil, "missing port"},
 		{[]string{"serve", "--read-mode", "fast"}, nil, "want linearizable, follower or stale"},
 		{[]string{"serve", "--log-level", "loud"}, nil, "want debug, info, warn or error"},
@@ -39,6 +39,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"serve"}, map[string]string{"SHARDKV_ID": "2", "SHARDKV_PEERS": "1=h:1"}, "--id 2 is not in --peers"},
 		// The command line wins over the environment.
 		{[]string{"serve", "--id", "1"}, map[string]string{"SHARDKV_ID": "2", "SHARDKV_PEERS": "1=h:1"}, "--data is required"},
+		{[]string{"serve", "--id", "1", "--peers", "1=127.0.0.1:1", "--data", "d", "--cluster-secret", "short"}, nil, "--cluster-secret is 5 bytes, want at least 16"},
+		{[]string{"serve", "--id", "1", "--peers", "1=127.0.0.1:1,2=10.0.0.2:7001", "--data", "d"}, nil, "--cluster-secret (or SHARDKV_CLUSTER_SECRET) is required: peer 2 (10.0.0.2:7001) is not on loopback"},
+		{[]string{"serve", "--id", "1", "--peers", "1=127.0.0.1:1", "--data", "d"}, map[string]string{"SHARDKV_CLUSTER_SECRET": "0123456789abcde"}, "--cluster-secret is 15 bytes"},
 		{[]string{"demo", "--peer-port", "70000"}, nil, "--peer-port is 70000"},
 		{[]string{"demo", "--groups", "-1"}, nil, "--groups is -1"},
 	} {
@@ -59,7 +62,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 
 func TestHelpListsEveryFlagAndItsEnvironmentVariable(t *testing.T) {
 	for cmd, flags := range map[string][]string{
-		"serve": {"id", "peers", "listen", "resp", "data", "groups", "requirepass", "cluster-id", "read-mode", "timeout", "log-level"},
+		"serve": {"id", "peers", "listen", "resp", "data", "groups", "requirepass", "cluster-id", "cluster-secret", "read-mode", "timeout", "log-level"},
 		"demo":  {"data", "groups", "peer-port", "resp-port", "requirepass", "log-level"},
 	} {
 		code, out, _ := runArgs(cmd, "--help")
@@ -74,5 +77,14 @@ func TestHelpListsEveryFlagAndItsEnvironmentVariable(t *testing.T) {
 	}
 	if code, out, _ := runArgs("help"); code != 0 || !strings.Contains(out, "serve") {
 		t.Errorf("help: %d %q", code, out)
+	}
+}
+
+func TestLoopbackPeers(t *testing.T) {
+	for addr, want := range map[string]bool{"127.0.0.1:7001": true, "127.9.9.9:1": true, "[::1]:7001": true,
+		"localhost:7001": true, "10.0.0.1:7001": false, "example.com:7001": false, "0.0.0.0:7001": false, "nohost": false} {
+		if got := isLoopback(addr); got != want {
+			t.Errorf("isLoopback(%q) = %v, want %v", addr, got, want)
+		}
 	}
 }

@@ -163,8 +163,8 @@ type loadStats struct {
 // indeterminate write can be linearized anywhere after its call, which makes the
 // check's search grow with everything that follows it on its key; fresh keys
 // bound that to one epoch.
-func worker(ctx context.Context, id int, clients []*redis.Client, nkeys int, h *history, st *loadStats, acked *sync.Map) {
-	rng := rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
+func worker(ctx context.Context, id int, seed uint64, clients []*redis.Client, nkeys int, h *history, st *loadStats, acked *sync.Map) {
+	rng := rand.New(rand.NewPCG(seed, uint64(id)))
 	clientID := id * 1000
 	seq := 0
 	for ctx.Err() == nil {
@@ -342,6 +342,17 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		nkeys = 16 // more load: keep each key's history (the check's unit) short
 	}
 
+	// One seed picks every operation, key and fault; timing still varies from run
+	// to run, so a seed reproduces the choices, not the interleaving.
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("SHARDKV_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("SHARDKV_SEED=%q: %v", v, err)
+		}
+	}
+	t.Logf("seed %d (SHARDKV_SEED=%d repeats its choices)", seed, seed)
+
 	h := &history{start: time.Now()}
 	var st loadStats
 	var acked sync.Map
@@ -350,9 +361,9 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
-		go func(w int) { defer wg.Done(); worker(ctx, w, clients, nkeys, h, &st, &acked) }(w)
+		go func(w int) { defer wg.Done(); worker(ctx, w, seed, clients, nkeys, h, &st, &acked) }(w)
 	}
-	faults := nem(ctx, c, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)))
+	faults := nem(ctx, c, rand.New(rand.NewPCG(seed, 1<<32)))
 	wg.Wait()
 
 	// Heal: everything running, every replica answering.
@@ -445,8 +456,8 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 
 	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, checkTime)
-	t.Logf("%v of load (%d keys per %v epoch): %d operations ok, %d failed reads dropped, %d failed writes that did not run, %d indeterminate writes, %d acknowledged unique writes checked on 3 replicas (%d lost), %d faults; history of %d register operations: %v",
-		duration, nkeys, epochLen, st.ok.Load(), st.failedReads.Load(), st.notExecuted.Load(), countUnknown(h.ops), len(ackKeys), lost, faults, len(h.ops), res)
+	t.Logf("seed %d: %v of load (%d keys per %v epoch): %d operations ok, %d failed reads dropped, %d failed writes that did not run, %d indeterminate writes, %d acknowledged unique writes checked on 3 replicas (%d lost), %d faults; history of %d register operations: %v",
+		seed, duration, nkeys, epochLen, st.ok.Load(), st.failedReads.Load(), st.notExecuted.Load(), countUnknown(h.ops), len(ackKeys), lost, faults, len(h.ops), res)
 	switch res {
 	case porcupine.Illegal:
 		dumpIllegal(t, h.ops)
@@ -464,8 +475,10 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	if lost > 0 {
 		t.Errorf("%d acknowledged writes lost", lost)
 	}
-	if st.ok.Load() < int64(duration/time.Second)*20 {
-		t.Errorf("only %d operations succeeded in %v", st.ok.Load(), duration)
+	// Not a throughput bound (CI machines vary), only that the check above had
+	// something to check.
+	if st.ok.Load() == 0 || st.acked.Load() == 0 {
+		t.Errorf("no progress: %d operations succeeded, %d unique writes acknowledged", st.ok.Load(), st.acked.Load())
 	}
 	for i := range c.procs {
 		if err := c.stop(i); err != nil {

@@ -16,18 +16,21 @@ import (
 
 // replicaConfig is one replica: an engine node, its KV store and its RESP server.
 type replicaConfig struct {
-	ID          ids.NodeID
-	ClusterID   uint64
-	Members     map[ids.NodeID]string
-	Listen      string // peer listen address; "" = Members[ID]
-	RESP        string
-	DataDir     string
-	Groups      int
-	Password    string
-	ReadMode    kv.ReadMode
-	Timeout     time.Duration
-	Logger      *zap.Logger
-	StoreMemory int64 // Pebble cache and memtable budget of the KV store; 0 = defaults
+	ID        ids.NodeID
+	ClusterID uint64
+	// ClusterSecret authenticates peers (node.Options.ClusterSecret); empty only
+	// on loopback.
+	ClusterSecret []byte
+	Members       map[ids.NodeID]string
+	Listen        string // peer listen address; "" = Members[ID]
+	RESP          string
+	DataDir       string
+	Groups        int
+	Password      string
+	ReadMode      kv.ReadMode
+	Timeout       time.Duration
+	Logger        *zap.Logger
+	StoreMemory   int64 // Pebble cache and memtable budget of the KV store; 0 = defaults
 }
 
 type replica struct {
@@ -52,7 +55,7 @@ func startReplica(cfg replicaConfig) (*replica, error) {
 		return nil, err
 	}
 	n, err := node.Start(node.Options{
-		NodeID: cfg.ID, ClusterID: cfg.ClusterID, Addr: cfg.Listen, Members: cfg.Members,
+		NodeID: cfg.ID, ClusterID: cfg.ClusterID, ClusterSecret: cfg.ClusterSecret, Addr: cfg.Listen, Members: cfg.Members,
 		Groups: cfg.Groups, DataDir: cfg.DataDir, StateMachines: store.StateMachines, Logger: lg,
 	})
 	if err != nil {

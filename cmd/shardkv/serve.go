@@ -29,6 +29,7 @@ command.`, stdout)
 	groups := fs.Int("groups", 64, "number of Paxos groups the keys are spread over; fixed when the data\ndirectory is created, and the same on every replica")
 	pass := fs.String("requirepass", "", "`PASSWORD` clients must give with AUTH (or HELLO ... AUTH); empty: none.\nPrefer the environment variable: a flag shows in the process list")
 	clusterID := fs.Uint64("cluster-id", 1, "cluster ID stamped on every peer frame; peers with another are refused")
+	secret := fs.String("cluster-secret", "", "`SECRET` that authenticates peers: the same on every replica, at least 16 bytes\n(e.g. the output of openssl rand -hex 32); a peer that cannot prove it holds it is\nrefused. Required unless every --peers address is on loopback. Prefer the\nenvironment variable: a flag shows in the process list")
 	readMode := readModeFlag(kv.ReadLinearizable)
 	fs.Var(&readMode, "read-mode", "`MODE` of reads on new connections: linearizable (lease read on the group's master, else\nthrough the log via the master), follower (read barrier, then read here;\nlinearizable) or stale (this replica's state, may miss acknowledged writes);\na client changes its own with READMODE")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long a command waits for the engine before it fails (TRYAGAIN or UNKNOWN)")
@@ -51,6 +52,9 @@ command.`, stdout)
 	case *timeout <= 0:
 		return fmt.Errorf("%w: --timeout must be positive", errUsage)
 	}
+	if err := checkClusterSecret(*secret, peers); err != nil {
+		return err
+	}
 	if err := checkGroups(*groups); err != nil {
 		return err
 	}
@@ -62,7 +66,8 @@ command.`, stdout)
 
 	r, err := startReplica(replicaConfig{
 		ID: ids.NodeID(*id), ClusterID: *clusterID, Members: peers, Listen: string(listen),
-		RESP: string(resp), DataDir: filepath.Clean(*data), Groups: *groups, Password: *pass,
+		ClusterSecret: []byte(*secret),
+		RESP:          string(resp), DataDir: filepath.Clean(*data), Groups: *groups, Password: *pass,
 		ReadMode: kv.ReadMode(readMode), Timeout: *timeout, Logger: lg,
 	})
 	if err != nil {

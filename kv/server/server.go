@@ -226,6 +226,7 @@ func (s *Server) handle(c redcon.Conn, cmd redcon.Command) {
 	cl := &call{s: s, conn: c, st: st, name: strings.ToLower(string(cmd.Args[0])), args: cmd.Args}
 	if text := dispatch(cl); text != "" {
 		s.errs.Add(1)
+		s.log.Debug("error reply", zap.String("command", cl.name), zap.String("reply", text))
 		c.WriteError(text)
 	}
 }
