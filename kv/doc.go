@@ -27,8 +27,8 @@
 // committed without fsync: the chosen values are durable in the engine's log, and
 // Pebble recovers a prefix of its WAL, so a crash only moves Applied() back and the
 // replay fills the gap. The one thing that must not happen is trimming the engine's
-// log above what this DB has synced; Store.Sync exists for the trim/checkpoint issue
-// to call before it reports a trim point.
+// log above what this DB has synced: GroupSM.Checkpoint, which names the trim
+// point, syncs first.
 //
 // # Commands and results
 //
@@ -74,10 +74,11 @@
 //
 // # Checkpoints
 //
-// Store.Checkpoint writes a Pebble checkpoint of the whole DB (or, with
-// CheckpointGroup, of one group's span) into a directory; InstallGroup replaces one
-// group's state in the live DB with the state found in such a directory, meta
-// record included, so Applied() afterwards is the checkpoint's. The engine's
-// checkpoint issue wires them to log trimming and to checkpoint transfer to a
-// member that fell behind the trimmed log.
+// Each GroupSM is a statemachine.Checkpointer, the "state machine offers its own
+// snapshot" way of package statemachine: Checkpoint writes one file holding the
+// group's key span read from a Pebble snapshot (the records of one group, not a
+// copy of the DB) and syncs the WAL so the store is durable up to the image's
+// instance; Install replaces the group's span with an image's records in one
+// synced batch. checkpoint.go has the invariants, the file layout and why a Pebble
+// checkpoint is not the image.
 package kv

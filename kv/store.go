@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/vmihailenco/msgpack/v5"
 	"go.uber.org/zap"
 
@@ -48,6 +48,10 @@ type Options struct {
 	CacheSize int64
 	// MemTableSize is Pebble's memtable size in bytes. Default 32 MiB.
 	MemTableSize uint64
+	// FS is the filesystem of the DB and of the checkpoint images the groups
+	// write and install. nil = the operating system's; tests use a crashable
+	// in-memory one (vfs.NewCrashableMem).
+	FS vfs.FS
 }
 
 // Store is the KV state of every group of one node, in one Pebble DB. It is safe
@@ -56,6 +60,7 @@ type Options struct {
 type Store struct {
 	db     *pebble.DB
 	dir    string
+	fs     vfs.FS // the DB's and the checkpoint images'
 	log    *zap.Logger
 	groups []*GroupSM
 	cache  *pebble.Cache
@@ -76,19 +81,23 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.MemTableSize == 0 {
 		opts.MemTableSize = 32 << 20
 	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
 	lg := opts.Logger.Named("kv")
 	cache := pebble.NewCache(opts.CacheSize)
 	db, err := pebble.Open(dir, &pebble.Options{
 		FormatMajorVersion: pebble.FormatNewest,
 		Cache:              cache,
 		MemTableSize:       opts.MemTableSize,
+		FS:                 opts.FS,
 		Logger:             pebbleLogger{s: lg.Named("pebble").Sugar()},
 	})
 	if err != nil {
 		cache.Unref()
 		return nil, fmt.Errorf("%w: open %s: %v", ErrStorage, dir, err)
 	}
-	s := &Store{db: db, dir: dir, log: lg, cache: cache}
+	s := &Store{db: db, dir: dir, fs: opts.FS, log: lg, cache: cache}
 	if err := s.checkFormat(opts.Groups); err != nil {
 		_ = s.Close()
 		return nil, err
@@ -155,7 +164,8 @@ func (s *Store) Group(g ids.GroupID) *GroupSM { return s.groups[g] }
 func (s *Store) StateMachines(g ids.GroupID) statemachine.StateMachine { return s.groups[g] }
 
 // Sync makes every executed instance durable in the DB. The engine's log must not
-// be trimmed above what was synced (see the package doc).
+// be trimmed above what was synced (see the package doc); GroupSM.Checkpoint
+// syncs before it names a trim point.
 func (s *Store) Sync() error {
 	if err := s.db.LogData(nil, pebble.Sync); err != nil {
 		return fmt.Errorf("%w: sync: %v", ErrStorage, err)
@@ -196,7 +206,8 @@ func (s *Store) ReadLocal(g ids.GroupID, c Command) (Reply, error) {
 	return execRead(snap, g, now, &c)
 }
 
-// GroupSM is the state machine of one group (statemachine.StateMachine).
+// GroupSM is the state machine of one group: a statemachine.StateMachine and a
+// statemachine.Checkpointer (checkpoint.go).
 type GroupSM struct {
 	s       *Store
 	g       ids.GroupID
@@ -305,129 +316,6 @@ func loadMeta(r getter, g ids.GroupID) (meta, error) {
 	}
 	defer closer.Close()
 	return decodeMeta(v)
-}
-
-// Checkpoint writes a consistent Pebble checkpoint of the whole store (every group)
-// into dir, which must not exist. Files are hard-linked where possible.
-func (s *Store) Checkpoint(dir string) error {
-	if err := s.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
-		return fmt.Errorf("%w: checkpoint into %s: %v", ErrStorage, dir, err)
-	}
-	return nil
-}
-
-// CheckpointGroup writes a checkpoint that holds group g's state into dir (which
-// must not exist) and returns the group's applied instance in it: the checkpoint
-// reflects exactly the instances below it. Pebble may surface other groups' keys in
-// such a checkpoint, not necessarily valid ones; InstallGroup reads only g's span.
-func (s *Store) CheckpointGroup(g ids.GroupID, dir string) (ids.InstanceID, error) {
-	if int(g) >= len(s.groups) {
-		return 0, fmt.Errorf("%w: group %d of %d", ErrInvalidOptions, g, len(s.groups))
-	}
-	lo, hi := groupSpan(g)
-	err := s.db.Checkpoint(dir, pebble.WithFlushedWAL(), pebble.WithRestrictToSpans([]pebble.CheckpointSpan{
-		{Start: lo, End: hi},
-		{Start: formatKey, End: append(append([]byte{}, formatKey...), 0)},
-	}))
-	if err != nil {
-		return 0, fmt.Errorf("%w: checkpoint group %d into %s: %v", ErrStorage, g, dir, err)
-	}
-	// The applied point is read back from the checkpoint itself, so it is exact
-	// even if the group executed while the checkpoint was taken.
-	cp, err := openCheckpoint(dir)
-	if err != nil {
-		return 0, err
-	}
-	defer cp.Close()
-	m, err := loadMeta(cp, g)
-	if err != nil {
-		return 0, err
-	}
-	return ids.InstanceID(m.Applied), nil
-}
-
-func openCheckpoint(dir string) (*pebble.DB, error) {
-	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("%w: checkpoint %s: %v", ErrStorage, dir, err)
-	}
-	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: pebbleLogger{s: zap.NewNop().Sugar()}})
-	if err != nil {
-		return nil, fmt.Errorf("%w: open checkpoint %s: %v", ErrStorage, dir, err)
-	}
-	return db, nil
-}
-
-// InstallGroup replaces group g's whole state (data, expiry index, meta) with the
-// state in the checkpoint at dir, made by Checkpoint or CheckpointGroup of a store
-// with the same format, atomically and durably, and returns the group's applied
-// instance afterwards. The group must not execute meanwhile: the engine calls it
-// from the group's apply context and then resumes the log from the returned point.
-func (s *Store) InstallGroup(g ids.GroupID, dir string) (ids.InstanceID, error) {
-	if int(g) >= len(s.groups) {
-		return 0, fmt.Errorf("%w: group %d of %d", ErrInvalidOptions, g, len(s.groups))
-	}
-	cp, err := openCheckpoint(dir)
-	if err != nil {
-		return 0, err
-	}
-	defer cp.Close()
-	src := &Store{db: cp}
-	if err := src.checkFormatReadOnly(len(s.groups)); err != nil {
-		return 0, err
-	}
-	m, err := loadMeta(cp, g)
-	if err != nil {
-		return 0, err
-	}
-	lo, hi := groupSpan(g)
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := b.DeleteRange(lo, hi, nil); err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrStorage, err)
-	}
-	it, err := cp.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return 0, fmt.Errorf("%w: iterate checkpoint: %v", ErrStorage, err)
-	}
-	for it.First(); it.Valid(); it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			_ = it.Close()
-			return 0, fmt.Errorf("%w: read checkpoint: %v", ErrStorage, err)
-		}
-		if err := b.Set(it.Key(), v, nil); err != nil {
-			_ = it.Close()
-			return 0, fmt.Errorf("%w: %v", ErrStorage, err)
-		}
-	}
-	if err := it.Close(); err != nil {
-		return 0, fmt.Errorf("%w: read checkpoint: %v", ErrStorage, err)
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return 0, fmt.Errorf("%w: install group %d: %v", ErrStorage, g, err)
-	}
-	gm := s.groups[g]
-	gm.applied.Store(m.Applied)
-	gm.clock.Store(m.Clock)
-	s.log.Info("group installed from checkpoint", zap.Uint32("group", uint32(g)), zap.String("dir", dir), zap.Uint64("applied", m.Applied))
-	return ids.InstanceID(m.Applied), nil
-}
-
-func (s *Store) checkFormatReadOnly(groups int) error {
-	v, closer, err := s.db.Get(formatKey)
-	if err != nil {
-		return fmt.Errorf("%w: checkpoint has no format record: %v", ErrFormatMismatch, err)
-	}
-	defer closer.Close()
-	var have format
-	if err := msgpack.Unmarshal(v, &have); err != nil {
-		return fmt.Errorf("%w: undecodable format record: %v", ErrFormatMismatch, err)
-	}
-	if have.Version != formatVersion || have.Groups != groups || have.Hash != HashName {
-		return fmt.Errorf("%w: checkpoint has version %d, %d groups, hash %s; store has version %d, %d groups, hash %s",
-			ErrFormatMismatch, have.Version, have.Groups, have.Hash, formatVersion, groups, HashName)
-	}
-	return nil
 }
 
 // pebbleLogger sends Pebble's logs to zap; its info lines are debug-level noise for

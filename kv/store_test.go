@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -366,77 +365,6 @@ func TestUndecodableCommandIsAReply(t *testing.T) {
 	wantReply(t, "bad command", r, replyErr(ErrCodeBadCommand))
 	if s.Group(0).Applied() != 1 {
 		t.Fatal("instance not applied")
-	}
-}
-
-func TestCheckpointWholeStore(t *testing.T) {
-	s := openStore(t, t.TempDir(), 4)
-	defer s.Close()
-	for g := 0; g < 4; g++ {
-		run(t, s.Group(ids.GroupID(g)), Command{Op: OpSet, Now: t0, Keys: ks(fmt.Sprint("g", g)), Values: ks("v")})
-	}
-	cp := filepath.Join(t.TempDir(), "cp")
-	if err := s.Checkpoint(cp); err != nil {
-		t.Fatal(err)
-	}
-	run(t, s.Group(0), Command{Op: OpSet, Now: t0, Keys: ks("after"), Values: ks("v")})
-
-	c := openStore(t, cp, 4)
-	defer c.Close()
-	for g := 0; g < 4; g++ {
-		if c.Group(ids.GroupID(g)).Applied() != 1 {
-			t.Fatalf("group %d applied %d in checkpoint", g, c.Group(ids.GroupID(g)).Applied())
-		}
-		wantReply(t, "checkpointed key", run1(t, c.Group(ids.GroupID(g)), Command{Op: OpGet, Now: t0, Keys: ks(fmt.Sprint("g", g))}), replyBulk([]byte("v")))
-	}
-	wantReply(t, "write after the checkpoint is not in it", run1(t, c.Group(0), Command{Op: OpGet, Now: t0, Keys: ks("after")}), replyNil)
-}
-
-func TestCheckpointGroupInstall(t *testing.T) {
-	src := openStore(t, t.TempDir(), 4)
-	defer src.Close()
-	for i := 0; i < 5; i++ {
-		run(t, src.Group(2), Command{Op: OpSet, Now: t0 + int64(i), Keys: ks(fmt.Sprint("k", i)), Values: ks(fmt.Sprint(i)), Int: t0 + 100000})
-	}
-	run(t, src.Group(1), Command{Op: OpSet, Now: t0, Keys: ks("other"), Values: ks("src")})
-	cp := filepath.Join(t.TempDir(), "cp")
-	applied, err := src.CheckpointGroup(2, cp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if applied != 5 {
-		t.Fatalf("checkpoint applied %d, want 5", applied)
-	}
-
-	dst := openStore(t, t.TempDir(), 4)
-	defer dst.Close()
-	// The destination has stale state in group 2 (a key the source does not
-	// have) and state of its own in group 1; install must replace the first and
-	// leave the second alone.
-	run(t, dst.Group(2), Command{Op: OpSet, Now: t0, Keys: ks("stale"), Values: ks("x"), Int: t0 + 5})
-	run(t, dst.Group(1), Command{Op: OpSet, Now: t0, Keys: ks("other"), Values: ks("dst")})
-	got, err := dst.InstallGroup(2, cp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != 5 || dst.Group(2).Applied() != 5 || dst.Group(2).Clock() != t0+4 {
-		t.Fatalf("after install: returned %d, applied %d, clock %d", got, dst.Group(2).Applied(), dst.Group(2).Clock())
-	}
-	if da, sa := groupDump(t, dst, 2), groupDump(t, src, 2); da != sa {
-		t.Fatalf("group 2 differs after install:\n%s\n---\n%s", da, sa)
-	}
-	wantReply(t, "other group untouched", run1(t, dst.Group(1), Command{Op: OpGet, Now: t0, Keys: ks("other")}), replyBulk([]byte("dst")))
-	// The group goes on from the installed point.
-	wantReply(t, "read after install", run1(t, dst.Group(2), Command{Op: OpMGet, Now: t0 + 10, Keys: ks("k4", "stale")}),
-		replyArr([]Reply{replyBulk([]byte("4")), replyNil}))
-
-	other := openStore(t, t.TempDir(), 8)
-	defer other.Close()
-	if _, err := other.InstallGroup(2, cp); !errors.Is(err, ErrFormatMismatch) {
-		t.Fatalf("install into another group count: %v", err)
-	}
-	if _, err := dst.InstallGroup(2, filepath.Join(t.TempDir(), "missing")); !errors.Is(err, ErrStorage) {
-		t.Fatalf("install from a missing dir: %v", err)
 	}
 }
 
