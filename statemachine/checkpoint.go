@@ -49,12 +49,13 @@ type Checkpointer interface {
 	Installer
 	// Checkpoint writes a consistent image of the state as files into dir (which
 	// exists and is empty) and returns its instance: the image holds the effects of
-	// every instance below it and of none above. The files must be durable when it
-	// returns, and so must the live state up to that instance (after a crash,
-	// Applied() returns at least it), because the engine trims its log below it.
-	// The engine calls Checkpoint from a background goroutine, concurrently with
-	// Execute on the group's apply context; only regular files directly in dir are
-	// transferred.
+	// every instance below it and of none above. The engine fsyncs the files and
+	// keeps the image until it has a newer one; it trims its log below the image,
+	// and if after a crash Applied() is below the log's start, it installs this
+	// image before replaying the log, so the live state need not be durable. The
+	// engine calls Checkpoint from a background goroutine, concurrently with
+	// Execute on the group's apply context; only regular files directly in dir
+	// are transferred.
 	Checkpoint(dir string) (ids.InstanceID, error)
 }
 
