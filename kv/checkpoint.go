@@ -38,6 +38,10 @@ import (
 //     group, lengths, key order, CRC-32C over every byte) into one batch that
 //     deletes the group's span and writes the image's records, committed with
 //     fsync. A bad image, or a crash before the commit, leaves the old state.
+//     The batch holds the whole group in memory, which bounds a group's state
+//     by memory and by Pebble's 4 GiB batch limit; a server with larger groups
+//     would write the image as an sstable and ingest it with an excise of the
+//     span instead.
 //
 // The obvious design is a Pebble checkpoint (db.Checkpoint restricted to the
 // group's span). It was not taken: a Pebble checkpoint needs a directory that does

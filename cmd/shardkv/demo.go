@@ -20,7 +20,7 @@ func runDemo(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	fs := newFlagSet("demo", `Run a whole 3-replica shardkv cluster in this process on loopback, until
 interrupted (Ctrl-C). Connect with redis-cli -p 6381 (or 6382, 6383: every replica
 takes every command). A second start on the same data directory resumes with the
-data.`, stdout)
+data. The replicas authenticate each other with a cluster secret made for each run.`, stdout)
 	data := fs.String("data", filepath.Join("data", "demo"), "data `DIR`; replica N keeps its log and store in DIR/replicaN")
 	groups := fs.Int("groups", 64, "number of Paxos groups; fixed when the data directory is created")
 	peerPort := fs.Int("peer-port", 7001, "peer `PORT` of replica 1; replicas 2 and 3 use the next two")

@@ -32,7 +32,7 @@ command.`, stdout)
 	secret := fs.String("cluster-secret", "", "`SECRET` that authenticates peers: the same on every replica, at least 16 bytes\n(e.g. the output of openssl rand -hex 32); a peer that cannot prove it holds it is\nrefused. Required unless every --peers address is on loopback. Prefer the\nenvironment variable: a flag shows in the process list")
 	readMode := readModeFlag(kv.ReadLinearizable)
 	fs.Var(&readMode, "read-mode", "`MODE` of reads on new connections: linearizable (lease read on the group's master, else\nthrough the log via the master), follower (read barrier, then read here;\nlinearizable) or stale (this replica's state, may miss acknowledged writes);\na client changes its own with READMODE")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long a command waits for the engine before it fails (TRYAGAIN or UNKNOWN)")
+	timeout := fs.Duration("timeout", 5*time.Second, "`DURATION` (e.g. 5s, 500ms) a command waits for the engine before it fails\n(TRYAGAIN: not applied; UNKNOWN: may have been applied)")
 	level := levelFlag(zapcore.InfoLevel)
 	fs.Var(&level, "log-level", "`LEVEL` of the logs on stderr: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
