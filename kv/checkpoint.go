@@ -30,10 +30,13 @@ import (
 //     A and of none at or above. It is read from one Pebble snapshot, and Execute
 //     writes an instance's effects and the meta record (applied = inst+1) in one
 //     batch, so the snapshot's meta record names A for the data beside it.
-//   - When Checkpoint returns A, this store's own state is durable up to A: the
-//     engine may trim the log the store would replay from after a crash. Execute
-//     commits without fsync, so Checkpoint syncs Pebble's WAL after taking the
-//     snapshot (everything the snapshot saw is in the WAL before that sync).
+//   - When Checkpoint returns A, this store's own state is durable up to A, and so
+//     is the image. The contract no longer asks for the first (after a crash
+//     that leaves Applied() below the log's start the engine installs its local
+//     image), but one WAL sync per checkpoint is cheap and spares that install
+//     on restart. Execute commits without fsync, so Checkpoint syncs Pebble's
+//     WAL after taking the snapshot (everything the snapshot saw is in the WAL
+//     ahead of that sync).
 //   - Install is all or nothing: the whole image is read and checked (format,
 //     group, lengths, key order, CRC-32C over every byte) into one batch that
 //     deletes the group's span and writes the image's records, committed with
@@ -109,8 +112,9 @@ const (
 )
 
 // Checkpoint implements statemachine.Checkpointer: it writes the group's image
-// into dir (existing, empty) and returns its instance, with this store durable up
-// to that instance. It may run concurrently with Execute (see the essay above).
+// into dir (existing, empty) and returns its instance, with the image and this
+// store durable up to that instance. It may run concurrently with Execute (see
+// the essay above).
 func (m *GroupSM) Checkpoint(dir string) (ids.InstanceID, error) {
 	s := m.s
 	if s.closed.Load() {

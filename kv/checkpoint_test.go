@@ -244,9 +244,10 @@ func TestCheckpointConcurrentWithExecute(t *testing.T) {
 }
 
 // TestCheckpointMakesStoreDurable crashes a store (a crashable in-memory
-// filesystem keeps only what was synced) after a checkpoint: the store must
-// still hold every instance below the image's, since the engine trims its log
-// there, and the image must have survived too. Without the checkpoint the same
+// filesystem keeps only what was synced) after a checkpoint: the store still
+// holds every instance below the image's (where the engine trims its log; the
+// contract lets the engine install the image instead, but Checkpoint promises
+// this), and the image survived too. Without the checkpoint the same
 // crash loses the unsynced instances, which shows the test can fail.
 func TestCheckpointMakesStoreDurable(t *testing.T) {
 	fs := vfs.NewCrashableMem()

@@ -26,9 +26,9 @@
 // and the engine's replay applies every instance exactly once. The batch is
 // committed without fsync: the chosen values are durable in the engine's log, and
 // Pebble recovers a prefix of its WAL, so a crash only moves Applied() back and the
-// replay fills the gap. The one thing that must not happen is trimming the engine's
-// log above what this DB has synced: GroupSM.Checkpoint, which names the trim
-// point, syncs first.
+// replay fills the gap. Below the log's start (after the engine trimmed it at a
+// checkpoint) the engine installs its local image instead; GroupSM.Checkpoint
+// syncs the DB anyway, so a restart normally needs no install.
 //
 // # Commands and results
 //

@@ -163,9 +163,8 @@ func (s *Store) Group(g ids.GroupID) *GroupSM { return s.groups[g] }
 // StateMachines is the node.Options.StateMachines factory for this store.
 func (s *Store) StateMachines(g ids.GroupID) statemachine.StateMachine { return s.groups[g] }
 
-// Sync makes every executed instance durable in the DB. The engine's log must not
-// be trimmed above what was synced (see the package doc); GroupSM.Checkpoint
-// syncs before it names a trim point.
+// Sync makes every executed instance durable in the DB. GroupSM.Checkpoint syncs
+// before it returns a trim point (see the package doc).
 func (s *Store) Sync() error {
 	if err := s.db.LogData(nil, pebble.Sync); err != nil {
 		return fmt.Errorf("%w: sync: %v", ErrStorage, err)
