@@ -189,10 +189,12 @@ func (t *Teacher) Request(from ids.NodeID, next ids.InstanceID) {
 // silent ones end.
 func (t *Teacher) Tick() {
 	t.now++
-	for _, id := range t.order {
+	for i := 0; i < len(t.order); i++ {
+		id := t.order[i]
 		s := t.sessions[id]
 		if t.now-s.lastHeard >= uint64(t.cfg.IdleTicks) {
-			t.end(id)
+			t.end(id) // removes order[i]: look at i again
+			i--
 			continue
 		}
 		if s.sent > s.acked && t.now-s.lastMove >= uint64(t.cfg.ResendTicks) {

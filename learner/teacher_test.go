@@ -136,6 +136,23 @@ func TestSessionEndsWhenCaughtUpOrSilent(t *testing.T) {
 	}
 }
 
+// TestSilentSessionsEndWhileOthersGoOn: sessions ending in one Tick, before and
+// between live ones (a Tick that removes entries while it walks them).
+func TestSilentSessionsEndWhileOthersGoOn(t *testing.T) {
+	tc := New(Config{IdleTicks: 5})
+	for n := ids.NodeID(1); n <= 6; n++ {
+		tc.Request(n, 0)
+	}
+	for range 5 {
+		tc.Request(3, 0)
+		tc.Request(6, 0)
+		tc.Tick()
+	}
+	if len(tc.sessions) != 2 || tc.sessions[3] == nil || tc.sessions[6] == nil || len(tc.order) != 2 {
+		t.Fatalf("sessions left: %v", tc.order)
+	}
+}
+
 func TestLearnerThatWentBackRestartsTheStream(t *testing.T) {
 	log := &memLog{next: 500, size: 10}
 	tc := New(Config{WindowCount: 32})
