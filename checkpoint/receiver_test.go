@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -267,7 +269,8 @@ func TestReceiverRefusesMisfits(t *testing.T) {
 		"bad sum":    {File: big, Offset: 0, Data: good.Data, CRC: good.CRC + 1},
 		"moved data": {File: big, Offset: 1000, Data: good.Data, CRC: good.CRC},
 	}
-	for name, c := range misfits {
+	for _, name := range slices.Sorted(maps.Keys(misfits)) { // refusals queue chunks: keep their order fixed
+		c := misfits[name]
 		if name != "bad sum" && name != "moved data" {
 			c.CRC = c.Checksum()
 		}
@@ -275,7 +278,8 @@ func TestReceiverRefusesMisfits(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	// The two asked chunks got bad answers: they are asked for first again.
+	// The two asked chunks got bad answers ("bad sum" for 0, then "moved data" for
+	// 1000): they are asked for first again, in that order.
 	if refs := rx.Want(3); len(refs) != 3 || refs[0] != (ChunkRef{big, 0}) || refs[1] != (ChunkRef{big, 1000}) || refs[2] != (ChunkRef{big, 2000}) {
 		t.Fatalf("Want after refusals: %+v", refs)
 	}
