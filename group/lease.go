@@ -111,9 +111,11 @@ func (r *Replica) applyClaim(inst ids.InstanceID, c Command) []byte {
 	if mine {
 		l.claim = nil
 	}
-	if err != nil || !l.state.Apply(inst, claim) {
+	sys := SystemState{Master: l.state}
+	if err != nil || !sys.applyCommand(inst, c) {
 		return []byte{'0'}
 	}
+	l.state = sys.Master
 	now := r.cfg.Clock()
 	// Proposals we forwarded to another master are in limbo: that master may have
 	// put them in an instance that a later phase 1 still chooses, or not. Tell

@@ -29,30 +29,32 @@ func (r *Replica) applySystem(e instance.Entry) {
 	if err != nil {
 		return // execute reports the bad value and stalls the group
 	}
+	changed := false
 	for _, c := range cmds {
 		switch c.Kind {
 		case KindMaster:
 			r.sysResults[c.ID] = r.applyClaim(e.Instance, c)
 		case KindMembership:
 			r.sysResults[c.ID] = r.applyMembership(e.Instance, c)
+		default:
+			continue
 		}
+		changed = changed || r.sysResults[c.ID][0] == '1'
+	}
+	if changed {
+		r.sysHistory = append(r.sysHistory, sysPoint{from: e.Instance + 1, state: r.systemState()})
 	}
 }
 
 func (r *Replica) applyMembership(inst ids.InstanceID, c Command) []byte {
-	change, err := statemachine.DecodeMembershipChange(c.Data)
-	if err != nil || !r.members.Apply(inst, change) {
+	sys := r.systemState()
+	if !sys.applyCommand(inst, c) {
 		return []byte{'0'}
 	}
-	if err := r.core.SetMembers(r.members.Voters, r.members.Followers); err != nil {
-		r.log.Error("membership change refused by the protocol core", zap.Error(err))
-	}
-	m := r.members.Clone()
-	r.publishedMembers.Store(&m)
-	if !slices.Contains(r.members.Voters, r.lease.state.Master) {
-		// The master was removed: nobody is master from here on, deterministically
-		// on every member, and pending claims for the old version fail.
-		r.lease.state.Master, r.lease.state.Version = 0, uint64(inst)+1
+	masterRemoved := sys.Master != r.lease.state
+	r.setMembers(sys.Members)
+	if masterRemoved {
+		r.lease.state = sys.Master
 		r.lease.self, r.lease.expiry = false, time.Time{}
 	}
 	if !r.replaying {
@@ -60,6 +62,16 @@ func (r *Replica) applyMembership(inst ids.InstanceID, c Command) []byte {
 			zap.Any("voters", r.members.Voters), zap.Any("followers", r.members.Followers))
 	}
 	return []byte{'1'}
+}
+
+// setMembers makes m the membership in force, in the core too.
+func (r *Replica) setMembers(m statemachine.Membership) {
+	r.members = m
+	if err := r.core.SetMembers(r.members.Voters, r.members.Followers); err != nil {
+		r.log.Error("membership change refused by the protocol core", zap.Error(err))
+	}
+	pub := r.members.Clone()
+	r.publishedMembers.Store(&pub)
 }
 
 // Membership returns the group's members as this member last applied them; safe to

@@ -19,6 +19,14 @@ const (
 	MsgReadIndex
 	// MsgReadIndexReply answers MsgReadIndex: [id, index, membership version].
 	MsgReadIndexReply
+	// MsgCheckpointOffer offers a checkpoint image to a learner that needs
+	// trimmed instances: [manifest].
+	MsgCheckpointOffer
+	// MsgChunkReq asks for one chunk of an image: [image instance, file, offset,
+	// max bytes].
+	MsgChunkReq
+	// MsgChunk carries one chunk of an image: [image instance, chunk].
+	MsgChunk
 	msgGroupEnd
 )
 
@@ -33,6 +41,13 @@ type GroupMessage struct {
 	ID       uint64
 	Index    uint64
 	Version  uint64
+	// Image transfer: the image's instance, a chunk's place, and the encoded
+	// manifest or chunk (package checkpoint).
+	Image  uint64
+	File   uint64
+	Offset uint64
+	Max    uint64
+	Data   []byte
 }
 
 // IsGroupMessage reports whether typ is a group-level message type.
@@ -55,6 +70,19 @@ func EncodeGroupMessage(m *GroupMessage) []byte {
 		_ = e.EncodeUint(m.ID)
 		_ = e.EncodeUint(m.Index)
 		_ = e.EncodeUint(m.Version)
+	case MsgCheckpointOffer:
+		_ = e.EncodeArrayLen(1)
+		_ = e.EncodeBytes(m.Data)
+	case MsgChunkReq:
+		_ = e.EncodeArrayLen(4)
+		_ = e.EncodeUint(m.Image)
+		_ = e.EncodeUint(m.File)
+		_ = e.EncodeUint(m.Offset)
+		_ = e.EncodeUint(m.Max)
+	case MsgChunk:
+		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeUint(m.Image)
+		_ = e.EncodeBytes(m.Data)
 	}
 	return buf.Bytes()
 }
@@ -65,7 +93,8 @@ func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
 	m := GroupMessage{Type: typ}
 	r := bytes.NewReader(body)
 	d := msgpack.NewDecoder(r)
-	want := map[uint8]int{MsgForward: 2, MsgReadIndex: 1, MsgReadIndexReply: 3}[typ]
+	want := map[uint8]int{MsgForward: 2, MsgReadIndex: 1, MsgReadIndexReply: 3,
+		MsgCheckpointOffer: 1, MsgChunkReq: 4, MsgChunk: 2}[typ]
 	if want == 0 {
 		return m, fmt.Errorf("%w: type %d", ErrBadGroupMessage, typ)
 	}
@@ -78,16 +107,24 @@ func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
 		if m.Hops, err = d.DecodeUint64(); err != nil {
 			return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
 		}
-		l, err := d.DecodeBytesLen()
-		if err != nil || l < 0 || l > r.Len() {
-			return m, fmt.Errorf("%w: value of %d bytes in %d, %v", ErrBadGroupMessage, l, r.Len(), err)
-		}
-		v := make([]byte, l)
-		if err := d.ReadFull(v); err != nil {
-			return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
+		v, err := decodeBytes(d, r)
+		if err != nil {
+			return m, err
 		}
 		if m.Commands, err = decodeValue(v); err != nil {
 			return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
+		}
+	case MsgCheckpointOffer:
+		m.Data, err = decodeBytes(d, r)
+	case MsgChunkReq:
+		for _, p := range []*uint64{&m.Image, &m.File, &m.Offset, &m.Max} {
+			if err == nil {
+				*p, err = d.DecodeUint64()
+			}
+		}
+	case MsgChunk:
+		if m.Image, err = d.DecodeUint64(); err == nil {
+			m.Data, err = decodeBytes(d, r)
 		}
 	case MsgReadIndex:
 		m.ID, err = d.DecodeUint64()
@@ -107,4 +144,18 @@ func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
 		return m, fmt.Errorf("%w: %d trailing bytes", ErrBadGroupMessage, r.Len())
 	}
 	return m, nil
+}
+
+// decodeBytes reads a msgpack bin whose length is checked against the bytes left
+// before it is allocated.
+func decodeBytes(d *msgpack.Decoder, r *bytes.Reader) ([]byte, error) {
+	l, err := d.DecodeBytesLen()
+	if err != nil || l < 0 || l > r.Len() {
+		return nil, fmt.Errorf("%w: bytes of %d in %d, %v", ErrBadGroupMessage, l, r.Len(), err)
+	}
+	v := make([]byte, l)
+	if err := d.ReadFull(v); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
+	}
+	return v, nil
 }

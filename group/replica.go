@@ -21,6 +21,7 @@ type Storage interface {
 	Entry(g ids.GroupID, inst ids.InstanceID) (logstore.Entry, error)
 	Entries(g ids.GroupID, from ids.InstanceID, maxCount, maxBytes int) ([]logstore.Entry, error)
 	Commit(b logstore.Batch, done func(error))
+	Trim(g ids.GroupID, below ids.InstanceID, base []byte) error
 }
 
 // Sender delivers messages to peers. Its methods must not block; a lost message is
@@ -41,6 +42,9 @@ type Config struct {
 	Followers []ids.NodeID
 	Storage   Storage
 	Sender    Sender
+	// Checkpoints, if set, makes checkpoint images, trims the log below them and
+	// transfers them to members that need trimmed instances (checkpoint.go).
+	Checkpoints *CheckpointConfig
 	// StateMachine receives the group's chosen application commands.
 	StateMachine statemachine.StateMachine
 	// Schedule runs fn later in the replica's serial context (the goroutine that
@@ -80,6 +84,10 @@ type Config struct {
 	// before a crash and chosen after it could pass for a new one and lend it a lease
 	// it does not have. 0: random.
 	RequestSeqBase uint64
+	// CrashPoint, if set, is called at each named persistence step (the
+	// CrashPoint* constants) just before the step: a test kills the member there,
+	// like Ceph's paxos_kill_at. Never set in production.
+	CrashPoint func(name string)
 	// LeaseObserver, if set, is told of every lease this member holds as master:
 	// [start, end) on its own clock. Tests check that leases never overlap.
 	LeaseObserver func(start, end time.Time)
@@ -166,6 +174,11 @@ type Replica struct {
 
 	teacher     *learner.Teacher
 	minRetained ids.InstanceID // the lowest instance the log holds
+	cp          *checkpoints   // nil: no checkpoints, the log is never trimmed
+	sysHistory  []sysPoint     // SystemState changes since minRetained, the first at it
+	// smFloor: the state machine holds every instance below it (it was ahead of
+	// the log at start, or installed an image); those are never executed again.
+	smFloor ids.InstanceID
 	// storedNext: every instance below it has its chosen value applied in the
 	// store, so a read shows it. The core's Next runs ahead of it while the
 	// batch that records a learned value is on its way, and until then the log
@@ -181,19 +194,25 @@ type Replica struct {
 
 // Stats are a replica's counters.
 type Stats struct {
-	Next         ids.InstanceID // first instance not known chosen
-	Applied      ids.InstanceID // next instance to execute
-	Promised     ids.Ballot     // the acceptor's promise
-	Queued       int
-	Proposed     uint64 // instance values this replica proposed
-	Commands     uint64 // own commands executed
-	Forwarded    uint64 // commands forwarded to the master
-	MasterClaims uint64 // claims this replica proposed (elections and renewals)
-	SyncedWrites uint64 // storage batches that waited for an fsync
-	LazyWrites   uint64 // storage batches written without fsync
-	ApplyErrors  uint64
-	Core         instance.Stats
-	Teacher      learner.Stats
+	Next           ids.InstanceID // first instance not known chosen
+	Applied        ids.InstanceID // next instance to execute
+	Promised       ids.Ballot     // the acceptor's promise
+	Queued         int
+	Proposed       uint64 // instance values this replica proposed
+	Commands       uint64 // own commands executed
+	Forwarded      uint64 // commands forwarded to the master
+	MasterClaims   uint64 // claims this replica proposed (elections and renewals)
+	SyncedWrites   uint64 // storage batches that waited for an fsync
+	LazyWrites     uint64 // storage batches written without fsync
+	ApplyErrors    uint64
+	MinRetained    ids.InstanceID // the lowest instance the log holds
+	Images         uint64         // checkpoint images made or installed
+	Trims          uint64
+	Installs       uint64 // images received and installed
+	ChunksSent     uint64
+	ChunksReceived uint64
+	Core           instance.Stats
+	Teacher        learner.Stats
 }
 
 // New opens the group from storage: it loads the acceptor state, replays chosen
@@ -214,11 +233,24 @@ func New(cfg Config) (*Replica, error) {
 	}
 	r.seq = 1<<63 | base>>1
 	r.log = cfg.Logger.With(zap.Uint32("group", uint32(cfg.Group)))
-	meta, err := cfg.Storage.LoadMeta(cfg.Group)
+	if cfg.Checkpoints != nil {
+		cc := *cfg.Checkpoints
+		cc.fillDefaults()
+		if cc.Dir == "" || cc.Installer == nil {
+			return nil, fmt.Errorf("group %d: checkpoints need a Dir and an Installer", cfg.Group)
+		}
+		r.cp = &checkpoints{cfg: cc, serving: map[ids.NodeID]uint64{}}
+	}
+	meta := metaView{r: r}
+	if err := meta.reload(); err != nil {
+		return nil, err
+	}
+	smApplied, err := r.openCheckpoints(&meta)
 	if err != nil {
-		return nil, fmt.Errorf("group %d: load meta: %w", cfg.Group, err)
+		return nil, fmt.Errorf("group %d: %w", cfg.Group, err)
 	}
 	r.minRetained = meta.MinRetained
+	r.smFloor = smApplied
 	r.storedNext.Store(uint64(meta.ChosenNext))
 	rec := instance.Recovered{HardState: instance.HardState{Promised: meta.Promised, Next: meta.ChosenNext}}
 	if e, err := cfg.Storage.Entry(cfg.Group, meta.ChosenNext); err == nil {
@@ -232,18 +264,38 @@ func New(cfg Config) (*Replica, error) {
 	if r.core, err = instance.New(pc, rec); err != nil {
 		return nil, fmt.Errorf("group %d: %w", cfg.Group, err)
 	}
-	if err := r.replay(meta.MinRetained, meta.ChosenNext, cfg.StateMachine.Applied()); err != nil {
+	if meta.MinRetained > 0 {
+		base, err := DecodeSystemState(meta.Base)
+		if err != nil {
+			return nil, fmt.Errorf("group %d: the log's base state at its trim point %d: %w", cfg.Group, meta.MinRetained, err)
+		}
+		r.resetSystemState(meta.MinRetained, base)
+	} else {
+		r.sysHistory = []sysPoint{{from: 0, state: r.systemState()}}
+	}
+	if err := r.replay(meta.MinRetained, meta.ChosenNext, smApplied); err != nil {
 		return nil, err
 	}
 	r.publish()
 	return r, nil
 }
 
-// replay rebuilds the engine's master state from the whole retained log and runs
-// the application's state machine over [smApplied, next).
-//
-// TODO(learner issue): once the log is trimmed, the master state must be restored
-// from a checkpoint instead of the log's start.
+// metaView is the group's logstore meta, reloaded when start-up changes it.
+type metaView struct {
+	r *Replica
+	logstore.Meta
+}
+
+func (m *metaView) reload() (err error) {
+	if m.Meta, err = m.r.cfg.Storage.LoadMeta(m.r.cfg.Group); err != nil {
+		return fmt.Errorf("group %d: load meta: %w", m.r.cfg.Group, err)
+	}
+	return nil
+}
+
+// replay rebuilds the engine's system state from the retained log, on top of the
+// base state stored at its start, and runs the application's state machine over
+// [smApplied, next).
 func (r *Replica) replay(from, next, smApplied ids.InstanceID) error {
 	if smApplied < from {
 		return fmt.Errorf("group %d: state machine at instance %d but the log starts at %d", r.cfg.Group, smApplied, from)
@@ -339,6 +391,12 @@ func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
 		}
 	case MsgReadIndexReply:
 		r.onReadIndexReply(from, m.ID, ids.InstanceID(m.Index), m.Version)
+	case MsgCheckpointOffer:
+		r.onCheckpointOffer(from, m)
+	case MsgChunkReq:
+		r.onChunkReq(from, m)
+	case MsgChunk:
+		r.onChunk(from, m)
 	}
 	r.flush()
 	return nil
@@ -353,6 +411,7 @@ func (r *Replica) Tick() {
 	r.core.Tick()
 	r.teacher.Tick()
 	r.pumpTeacher()
+	r.tickCheckpoints()
 	r.drainApply() // retry a stalled state machine
 	r.tickBarriers()
 	if r.ticks%64 == 0 {
@@ -376,8 +435,13 @@ func (r *Replica) Tick() {
 func (r *Replica) NeedsTick() bool {
 	return r.failed == nil && (r.core.Busy() || r.persisting || len(r.applyQueue) > 0 || len(r.queue) > 0 ||
 		len(r.forwarded) > 0 || len(r.barriers) > 0 || len(r.leaseReads) > 0 || len(r.inflight) > 0 ||
-		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()) || r.teacher.Active())
+		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()) || r.teacher.Active() || r.cp.busy())
 }
+
+// StoredNext is the first instance whose chosen value may not be readable from
+// the log yet (every one below it is); safe to call from any goroutine. A
+// checkpoint.Replayer feeds its copy up to it.
+func (r *Replica) StoredNext() ids.InstanceID { return ids.InstanceID(r.storedNext.Load()) }
 
 // Next is the first instance this member does not know chosen; safe to call from
 // any goroutine.
@@ -395,6 +459,7 @@ func (r *Replica) Stats() Stats {
 	s.Next, s.Applied, s.Queued, s.Core = r.core.Next(), r.applied, len(r.queue), r.core.Stats()
 	s.Promised = r.core.Promised()
 	s.Teacher = r.teacher.Stats()
+	s.MinRetained = r.minRetained
 	return s
 }
 
@@ -573,6 +638,7 @@ func (r *Replica) flush() {
 		if len(rd.Messages) == 0 {
 			// Nothing waits on it: write it without fsync and go on. The storage
 			// commits batches in order, so a later synced batch covers it.
+			r.crashPoint(CrashBeforeChosenWrite)
 			r.stats.LazyWrites++
 			r.cfg.Storage.Commit(batch, func(err error) {
 				if err != nil {
@@ -583,6 +649,7 @@ func (r *Replica) flush() {
 			})
 			continue
 		}
+		r.crashPoint(CrashBeforeAcceptorSync)
 		r.stats.SyncedWrites++
 		batch.Sync = true
 		r.persisting = true
@@ -623,6 +690,7 @@ func (r *Replica) persisted(err error) {
 		r.storageFailed(err)
 		return
 	}
+	r.crashPoint(CrashAfterAcceptorSync)
 	r.persisting = false
 	msgs := r.waiting
 	r.waiting = nil
@@ -755,6 +823,8 @@ func (r *Replica) drainApply() {
 	}
 	if progressed {
 		r.checkBarriers()
+		r.maybeMakeImage()
+		r.maybeTrim()
 	}
 }
 
@@ -778,11 +848,12 @@ func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 			appAt = append(appAt, i)
 		}
 	}
-	if !skipApp {
+	if !skipApp && e.Instance >= r.smFloor {
 		out, err := r.cfg.StateMachine.Execute(e.Instance, app)
 		if err != nil {
 			return err
 		}
+		r.crashPoint(CrashAfterExecute)
 		for k, i := range appAt {
 			if k < len(out) {
 				results[i] = out[k]
@@ -868,8 +939,29 @@ func (r *Replica) Master() MasterInfo {
 	return MasterInfo{}
 }
 
-// offerCheckpoint is called for a learner that needs instances this member has
-// trimmed.
-func (r *Replica) offerCheckpoint(to ids.NodeID) {
-	r.log.Warn("learner needs trimmed instances; checkpoint transfer not wired yet", zap.Uint64("learner", uint64(to)))
+// Crash points: the persistence steps a test may kill a member at (Config.CrashPoint).
+const (
+	CrashBeforeAcceptorSync = "before acceptor fsync"         // a synced batch (promise, accepted value) is about to be written
+	CrashAfterAcceptorSync  = "after acceptor fsync"          // it is durable; the replies that wait on it are not sent
+	CrashBeforeChosenWrite  = "before chosen mark"            // a chosen mark or learned value is about to be written, unsynced
+	CrashAfterExecute       = "after execute"                 // the state machine executed an instance; the engine has not counted it
+	CrashImageMade          = "checkpoint made"               // the state machine wrote an image; it is not sealed
+	CrashImageSealed        = "checkpoint sealed"             // the image is sealed in place; the log is not trimmed
+	CrashBeforeTrim         = "before trim"                   // the log is about to be trimmed
+	CrashAfterTrim          = "after trim"                    // trimmed; the group does not know yet
+	CrashBeforeInstall      = "before install"                // a received image is verified; the state machine has not seen it
+	CrashAfterInstall       = "during install: after install" // the state machine holds the image; it is not the local image yet
+	CrashAfterImageRename   = "during install: after rename"  // it is the local image; the log is not trimmed to it
+	CrashAfterInstallTrim   = "during install: after trim"    // trimmed to it; the core has not moved on
+)
+
+// CrashPoints lists every crash point.
+var CrashPoints = []string{CrashBeforeAcceptorSync, CrashAfterAcceptorSync, CrashBeforeChosenWrite,
+	CrashAfterExecute, CrashImageMade, CrashImageSealed, CrashBeforeTrim, CrashAfterTrim,
+	CrashBeforeInstall, CrashAfterInstall, CrashAfterImageRename, CrashAfterInstallTrim}
+
+func (r *Replica) crashPoint(name string) {
+	if r.cfg.CrashPoint != nil {
+		r.cfg.CrashPoint(name)
+	}
 }

@@ -126,3 +126,20 @@ func decodeValue(v []byte) ([]Command, error) {
 	}
 	return cmds, nil
 }
+
+// AppCommands returns the application commands of an instance value, in order:
+// what the state machine's Execute gets for that instance (a checkpoint.Replayer
+// feeds its copy with it).
+func AppCommands(value []byte) ([][]byte, error) {
+	cmds, err := decodeValue(value)
+	if err != nil {
+		return nil, err
+	}
+	var app [][]byte
+	for _, c := range cmds {
+		if c.Kind == KindApp {
+			app = append(app, c.Data)
+		}
+	}
+	return app, nil
+}

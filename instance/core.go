@@ -57,6 +57,9 @@ type Core struct {
 	hsDirty       bool
 	accepted      ids.Ballot
 	acceptedValue []byte
+	// futureAccept is an Accept for Next+1 that arrived before this member knew
+	// Next chosen; it is stepped once Next moves there.
+	futureAccept *Message
 
 	p proposer
 
@@ -374,6 +377,13 @@ func (c *Core) onAccept(m Message) {
 	if m.Instance != c.hs.Next {
 		if m.Instance < c.hs.Next {
 			c.reply(Message{Type: MsgAccepted, To: m.From, Instance: m.Instance, Ballot: m.Ballot, Reject: true, Promised: c.hs.Promised})
+		} else if m.Instance == c.hs.Next+1 {
+			// The master pipelines Chosen(i) and Accept(i+1); if they arrive the
+			// other way round, hold the Accept until i is known chosen here
+			// instead of making the proposer wait for its timeout. Acting on it
+			// later is the same as receiving it later.
+			fa := m
+			c.futureAccept = &fa
 		}
 		return
 	}
@@ -444,6 +454,19 @@ func (c *Core) commit(e Entry) {
 		c.highestSeen = c.hs.Next
 	}
 	c.proposerAdvanced()
+	c.stepFutureAccept()
+}
+
+// stepFutureAccept acts on a held Accept whose instance has become Next.
+func (c *Core) stepFutureAccept() {
+	fa := c.futureAccept
+	if fa == nil || fa.Instance > c.hs.Next {
+		return
+	}
+	c.futureAccept = nil
+	if fa.Instance == c.hs.Next && c.IsMember(fa.From) {
+		c.onAccept(*fa)
+	}
 }
 
 // ---- learner ----
@@ -500,6 +523,31 @@ func (c *Core) askTeacher(fallback ids.NodeID) {
 	c.teacher = to
 	c.sendNow(Message{Type: MsgLearnReq, To: to, Instance: c.hs.Next})
 	c.learnWait = c.cfg.LearnTimeoutTicks
+}
+
+// InstallCheckpoint moves Next up to next after the driver installed a
+// checkpoint image holding every instance below it (and made that durable: the
+// log's trim point says so). The acceptor gives up whatever it had accepted at the
+// old Next, which was chosen long ago; its promise carries over as always. It then
+// asks to learn on from next if a member is known to be further ahead.
+func (c *Core) InstallCheckpoint(next ids.InstanceID) {
+	if next <= c.hs.Next {
+		return
+	}
+	c.hs.Next = next
+	c.hsDirty = true
+	c.accepted, c.acceptedValue = ids.Ballot{}, nil
+	if next > c.highestSeen {
+		c.highestSeen = next
+	}
+	c.proposerAdvanced()
+	c.stepFutureAccept()
+	c.learnTries = 0
+	if c.highestSeen > c.hs.Next {
+		c.askTeacher(c.teacher)
+	} else {
+		c.learnWait = 0
+	}
 }
 
 func (c *Core) onLearnValues(m Message) {

@@ -55,7 +55,7 @@ type op struct {
 	group  ids.GroupID
 	below  ids.InstanceID
 	base   []byte // stored with the trim point
-	size   int // encoded bytes, for the queue and batch bounds
+	size   int    // encoded bytes, for the queue and batch bounds
 	done   func(error)
 }
 

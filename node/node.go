@@ -33,12 +33,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/multipaxos/engine/checkpoint"
 	"github.com/multipaxos/engine/group"
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/instance"
 	"github.com/multipaxos/engine/learner"
 	"github.com/multipaxos/engine/logstore"
 	"github.com/multipaxos/engine/netio"
+	"github.com/multipaxos/engine/statemachine"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 )
@@ -82,6 +84,14 @@ type Node struct {
 	stopMu  sync.Mutex
 	// teachBudget is the bandwidth share of every group's teacher (nil: no limit).
 	teachBudget learner.Budget
+	// bg counts the groups' background work (checkpoint images, trims); Stop
+	// waits for it before it closes the store.
+	bg sync.WaitGroup
+}
+
+// background runs a group's file work (checkpoint images, trims) off its worker.
+func (n *Node) background(fn func()) {
+	n.bg.Go(fn)
 }
 
 // teachBudget is a token bucket of bytes shared by every group's teacher.
@@ -95,6 +105,8 @@ type runner struct {
 	n       *Node
 	g       ids.GroupID
 	replica *group.Replica
+	// replayer feeds the group's checkpoint copy (CheckpointCopies), if any.
+	replayer *checkpoint.Replayer
 
 	mu        sync.Mutex
 	inbox     []func(*group.Replica)
@@ -142,13 +154,20 @@ func Start(opts Options) (*Node, error) {
 	n.groups = make([]*runner, opts.Groups)
 	for g := range n.groups {
 		r := &runner{n: n, g: ids.GroupID(g)}
+		n.groups[g] = r
 		voters, followers := members, []ids.NodeID(nil)
 		if opts.InitialMembers != nil {
 			voters, followers = opts.InitialMembers(r.g)
 		}
+		sm := opts.StateMachines(r.g)
+		cps, err := n.checkpointsOf(r, sm)
+		if err != nil {
+			n.closeOnFailedStart()
+			return nil, err
+		}
 		rep, err := group.New(group.Config{
 			Group: r.g, Self: opts.NodeID, Members: voters, Followers: followers,
-			Storage: store, Sender: n, StateMachine: opts.StateMachines(r.g),
+			Storage: store, Sender: n, StateMachine: sm, Checkpoints: cps,
 			Schedule: r.schedule, Protocol: proto,
 			Lease: opts.Lease, ClockDrift: opts.ClockDrift,
 			NotCandidate:      opts.MasterCandidate != nil && !opts.MasterCandidate(r.g),
@@ -158,12 +177,23 @@ func Start(opts Options) (*Node, error) {
 			Learner: opts.Learner, TeachBudget: n.teachBudget,
 		})
 		if err != nil {
-			_ = store.Close()
+			n.closeOnFailedStart()
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		r.replica = rep
+		if r.replayer != nil {
+			// A crash after an install and before the copy was reset from the
+			// image leaves the copy below the log's start, where it can never
+			// catch up from the log: reset it now.
+			if dir, _ := rep.LocalImage(); dir != "" && r.replayer.Applied() < rep.Stats().MinRetained {
+				if err := r.replayer.Reset(dir); err != nil {
+					n.closeOnFailedStart()
+					return nil, fmt.Errorf("node: group %d: reset the checkpoint copy: %w", r.g, err)
+				}
+			}
+			r.replayer.Start()
+		}
 		r.wantTick.Store(true)
-		n.groups[g] = r
 	}
 
 	if opts.Transport != nil {
@@ -177,7 +207,7 @@ func Start(opts Options) (*Node, error) {
 		})
 	}
 	if err != nil {
-		_ = store.Close()
+		n.closeOnFailedStart()
 		return nil, fmt.Errorf("node: start transport: %w", err)
 	}
 
@@ -264,9 +294,63 @@ func (n *Node) Stop() error {
 		r.mu.Unlock()
 		r.replica.Stop()
 	}
+	n.bg.Wait()
+	var errRep error
+	for _, r := range n.groups {
+		if r.replayer != nil {
+			errRep = errors.Join(errRep, r.replayer.Close())
+		}
+	}
 	errStore := n.store.Close()
 	n.log.Info("node stopped")
-	return errors.Join(errTr, errStore)
+	return errors.Join(errTr, errRep, errStore)
+}
+
+// closeOnFailedStart releases what Start opened before it failed.
+func (n *Node) closeOnFailedStart() {
+	for _, r := range n.groups {
+		if r != nil && r.replayer != nil {
+			_ = r.replayer.Close()
+		}
+	}
+	_ = n.store.Close()
+}
+
+// checkpointsOf returns group r's checkpoint configuration: the state machine
+// makes its own images, or a replayer feeds a copy of it, or there are none.
+func (n *Node) checkpointsOf(r *runner, sm statemachine.StateMachine) (*group.CheckpointConfig, error) {
+	dir := filepath.Join(n.opts.CheckpointDir, fmt.Sprintf("g%05d", r.g))
+	cfg := &group.CheckpointConfig{
+		Dir: filepath.Join(dir, "images"), KeepInstances: n.opts.KeepInstances, Every: n.opts.CheckpointEvery,
+		ChunkBytes: n.opts.CheckpointChunkBytes, Background: n.background,
+	}
+	switch sm := sm.(type) {
+	case statemachine.Checkpointer:
+		cfg.Maker, cfg.Installer = sm, sm
+	case statemachine.Installer:
+		cfg.Installer = sm
+		if n.opts.CheckpointCopies == nil {
+			break // installs images it receives, makes none
+		}
+		rp, err := checkpoint.NewReplayer(checkpoint.ReplayerConfig{
+			Group: r.g, Dir: filepath.Join(dir, "copy"), Factory: n.opts.CheckpointCopies,
+			Log: n.store, Decode: group.AppCommands, Logger: n.opts.Logger,
+			Chosen: func() ids.InstanceID {
+				if rep := r.replica; rep != nil {
+					return rep.StoredNext()
+				}
+				return 0
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("node: group %d: checkpoint copy: %w", r.g, err)
+		}
+		r.replayer = rp
+		cfg.Maker, cfg.Installed = rp, rp.Reset
+	default:
+		return nil, nil
+	}
+	return cfg, nil
 }
 
 // Send implements group.Sender.

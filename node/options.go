@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"time"
 
@@ -96,6 +97,30 @@ type Options struct {
 	// Zero fields take the package's defaults; MessageBytes is at most
 	// MaxFrameBytes/2.
 	Learner learner.Config
+	// Checkpoints: a group whose state machine can make checkpoint images (it
+	// implements statemachine.Checkpointer, or CheckpointCopies is set and it
+	// implements statemachine.Installer) keeps one image, made every
+	// CheckpointEvery applied instances, trims its log below it, and sends it to
+	// members that need trimmed instances. Other groups keep their whole log.
+	//
+	// CheckpointDir holds the images, one directory per group. Default
+	// DataDir/checkpoint.
+	CheckpointDir string
+	// CheckpointCopies gives the checkpoint copy of each group's state machine
+	// for the library's replayer (statemachine.Copy). nil: only state machines
+	// that are Checkpointers make images.
+	CheckpointCopies statemachine.CopyFactory
+	// CheckpointEvery is how many applied instances pass between two images of a
+	// group. Default 10000.
+	CheckpointEvery int
+	// KeepInstances is how many recent instances each group's log keeps whatever
+	// its image, so that members a little behind catch up from the log. Default
+	// 500.
+	KeepInstances int
+	// CheckpointChunkBytes bounds one chunk of an image transfer; every node of
+	// the cluster must use the same. Default 1 MiB, at most MaxFrameBytes/2.
+	CheckpointChunkBytes int
+
 	// TeachBytesPerSecond is the share of bandwidth this node spends teaching
 	// lagging members, all groups together, so that catching others up never
 	// starves its own groups' traffic. Default 64 MiB/s; negative: no limit.
@@ -143,6 +168,12 @@ func (o Options) withDefaults() Options {
 	defInt(&o.MaxFrameBytes, 16<<20)
 	defInt(&o.Workers, runtime.GOMAXPROCS(0))
 	o.Learner = o.Learner.WithDefaults()
+	if o.CheckpointDir == "" && o.DataDir != "" {
+		o.CheckpointDir = filepath.Join(o.DataDir, "checkpoint")
+	}
+	defInt(&o.CheckpointEvery, 10000)
+	defInt(&o.KeepInstances, 500)
+	defInt(&o.CheckpointChunkBytes, 1<<20)
 	if o.TeachBytesPerSecond == 0 {
 		o.TeachBytesPerSecond = 64 << 20
 	}
@@ -203,6 +234,12 @@ func (o Options) validate() error {
 	}
 	if o.Workers < 1 {
 		bad("Workers is %d, want >= 1", o.Workers)
+	}
+	if o.CheckpointEvery < 1 || o.KeepInstances < 1 {
+		bad("CheckpointEvery (%d) and KeepInstances (%d) must be >= 1", o.CheckpointEvery, o.KeepInstances)
+	}
+	if o.CheckpointChunkBytes < 1 || o.CheckpointChunkBytes > o.MaxFrameBytes/2 {
+		bad("CheckpointChunkBytes is %d, want 1 .. MaxFrameBytes/2 (%d)", o.CheckpointChunkBytes, o.MaxFrameBytes/2)
 	}
 	if o.Learner.MessageBytes > o.MaxFrameBytes/2 {
 		bad("Learner.MessageBytes is %d, want at most MaxFrameBytes/2 (%d)", o.Learner.MessageBytes, o.MaxFrameBytes/2)

@@ -2,10 +2,13 @@ package sim
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -58,6 +61,24 @@ type Options struct {
 	// LeaseSafetyOff makes masters trust their leases longer than the drift
 	// allows: a planted bug for the lease checker.
 	LeaseSafetyOff bool
+	// Checkpoints makes every group keep a checkpoint image, in Dir, every few
+	// dozen instances and trim its log below it, so members that fall behind are
+	// rebuilt from images sent in small chunks.
+	Checkpoints bool
+	// Dir holds the checkpoint images (real files, in a directory of the run
+	// removed at its end). Default: the system's temporary directory.
+	Dir string
+	// CrashAt names a persistence step (group.CrashPoints) where a member is
+	// killed, the CrashEvery-th time any member reaches it (default 1): a walk
+	// over crash points like Ceph's paxos_kill_at.
+	CrashAt    string
+	CrashEvery int
+	// BatchCountMax bounds the commands of one instance (group.Config); 0: the
+	// group's default. Small values make many instances out of a load.
+	BatchCountMax int
+	// IsolateLast cuts the last node off from everyone from the start for this
+	// long: it misses (and its peers trim) many instances, then catches up.
+	IsolateLast time.Duration
 }
 
 // Result is the outcome of one run.
@@ -71,6 +92,10 @@ type Result struct {
 	Messages  int
 	Reads     int // lease reads and barriers that completed and were checked
 	Masters   int // master leases observed
+	Installs  int // checkpoint images installed into state machines
+	Trims     int // log trims
+	// CrashPointHits counts how often a member reached Options.CrashAt.
+	CrashPointHits int
 }
 
 const tick = 10 * time.Millisecond
@@ -105,22 +130,70 @@ func (c *cluster) debugf(format string, args ...any) {
 }
 
 type cluster struct {
-	start   time.Time
-	opts    Options
-	rng     *rand.Rand
-	now     time.Time
-	net     *netio.MemNetwork
-	nodes   []*node
-	ids     []ids.NodeID
-	err     error
-	seq     uint64
-	chosen  map[gi]uint64 // (group, instance) -> hash of the commands executed there
-	cmds    map[string]bool
-	open    []*pending
-	acks    []ack
-	res     Result
-	reads   []*pendingRead
-	readLog map[ids.GroupID][]readRecord
+	start     time.Time
+	opts      Options
+	rng       *rand.Rand
+	now       time.Time
+	net       *netio.MemNetwork
+	nodes     []*node
+	ids       []ids.NodeID
+	err       error
+	seq       uint64
+	chosen    map[gi]uint64 // (group, instance) -> hash of the commands executed there
+	cmds      map[string]bool
+	open      []*pending
+	acks      []ack
+	res       Result
+	reads     []*pendingRead
+	readLog   map[ids.GroupID][]readRecord
+	dir       string // checkpoint images
+	isolated  *node  // cut off until IsolateLast
+	healed    bool   // the heal phase began: no more faults
+	crashNext int    // the crash point's hit count that kills next
+}
+
+// killed is the panic a crash point raises to stop a member in the middle of
+// what it is doing; guard turns it into a crash.
+type killed struct{ n *node }
+
+// guard runs fn, which calls into node n's replicas, and crashes n if a crash
+// point fired inside.
+func (c *cluster) guard(n *node, fn func()) {
+	defer func() {
+		if p := recover(); p != nil {
+			k, ok := p.(killed)
+			if !ok {
+				panic(p)
+			}
+			if k.n.up {
+				c.crash(k.n)
+			}
+		}
+	}()
+	fn()
+}
+
+func (c *cluster) crashPoint(n *node) func(string) {
+	if c.opts.CrashAt == "" {
+		return nil
+	}
+	return func(name string) {
+		if name != c.opts.CrashAt || c.healed {
+			return
+		}
+		c.res.CrashPointHits++
+		if c.crashNext == 0 {
+			c.crashNext = max(1, c.opts.CrashEvery)
+		}
+		// Kill at hits k, 2k, 4k, ...: the first kills come early, for the
+		// points a run reaches a few times, and the run still makes progress
+		// at the points it reaches thousands of times.
+		if c.res.CrashPointHits >= c.crashNext && n.up && c.down() < (len(c.nodes)-1)/2 {
+			c.crashNext *= 2
+			c.debugf("node %d killed at %q", n.id, name)
+			panic(killed{n})
+		}
+	}
 }
 
 type pendingRead struct {
@@ -180,14 +253,32 @@ func Run(opts Options) Result {
 		opts.Lease = 200 * time.Millisecond
 		c.opts.Lease = opts.Lease
 	}
+	if opts.Checkpoints {
+		dir, err := os.MkdirTemp(opts.Dir, fmt.Sprintf("seed%d-", opts.Seed))
+		if err != nil {
+			c.res.Violation = err
+			return c.res
+		}
+		defer os.RemoveAll(dir)
+		c.dir = dir
+	}
 	for _, id := range c.ids {
 		n := &node{id: id, store: logstore.NewMemStore(), codec: instance.NewCodec(),
 			clockBase: time.Unix(1000, 0), realAt: c.now, rate: 1}
 		n.ep = c.net.Endpoint(id, c.handler(n))
 		c.nodes = append(c.nodes, n)
-		c.startNode(n)
+		c.boot(n)
+	}
+	if opts.IsolateLast > 0 {
+		c.isolated = c.nodes[len(c.nodes)-1]
+		c.net.Isolate(c.isolated.id)
 	}
 	c.run()
+	for _, n := range c.nodes {
+		for _, r := range n.replicas {
+			c.res.Trims += int(r.Stats().Trims)
+		}
+	}
 	c.res.Violation = c.err
 	c.res.Chosen = len(c.chosen)
 	c.res.Proposed = len(c.cmds)
@@ -197,6 +288,12 @@ func Run(opts Options) Result {
 
 func (c *cluster) handler(n *node) netio.Handler {
 	return func(from ids.NodeID, g ids.GroupID, typ uint8, body []byte) {
+		c.guard(n, func() { c.deliver(n, from, g, typ, body) })
+	}
+}
+
+func (c *cluster) deliver(n *node, from ids.NodeID, g ids.GroupID, typ uint8, body []byte) {
+	{
 		c.res.Messages++
 		if !n.up || int(g) >= len(n.replicas) {
 			return
@@ -247,6 +344,9 @@ func (c *cluster) driftClock(n *node) {
 	n.rate = 1 + c.opts.ClockDrift*(2*c.rng.Float64()-1)
 }
 
+// boot starts node n; a crash point may kill it again during its replay.
+func (c *cluster) boot(n *node) { c.guard(n, func() { c.startNode(n) }) }
+
 // start opens every group of n from its (simulated) disk, as a restart does.
 func (c *cluster) startNode(n *node) {
 	c.debugf("start node %d", n.id)
@@ -263,7 +363,17 @@ func (c *cluster) startNode(n *node) {
 		if c.opts.LeaseSafetyOff {
 			drift = -0.2 // the master trusts its lease 40% longer than it was granted
 		}
+		var cps *group.CheckpointConfig
+		if c.opts.Checkpoints {
+			cps = &group.CheckpointConfig{
+				Dir:   filepath.Join(c.dir, fmt.Sprintf("n%d", n.id), fmt.Sprintf("g%d", g)),
+				Maker: sm, Installer: sm, KeepInstances: 12, Every: 40, ChunkBytes: 256,
+				ChunksInFlight: 3, TimeoutTicks: 5,
+				Background: func(fn func()) { fn() },
+			}
+		}
 		r, err := group.New(group.Config{
+			Checkpoints: cps, CrashPoint: c.crashPoint(n), BatchCountMax: c.opts.BatchCountMax,
 			Group: ids.GroupID(g), Self: n.id, Members: voters, Followers: followers,
 			Storage: n.store, Sender: sender{n}, StateMachine: sm,
 			Schedule: func(fn func()) { fn() },
@@ -318,7 +428,7 @@ func (c *cluster) run() {
 	deadline := end.Add(60 * time.Second)
 	for c.err == nil {
 		if !healed && !c.now.Before(end) {
-			healed = true
+			healed, c.healed = true, true
 			healAt = c.now
 			c.healAll()
 		}
@@ -350,15 +460,22 @@ func (c *cluster) run() {
 				continue
 			}
 			if !c.now.Before(n.nextSync) {
-				n.store.Sync()
 				n.nextSync = c.now.Add(c.syncDelay())
+				c.guard(n, n.store.Sync)
 			}
-			if !c.now.Before(n.nextTick) {
-				for _, r := range n.replicas {
-					r.Tick()
-				}
+			if n.up && !c.now.Before(n.nextTick) {
 				n.nextTick = n.nextTick.Add(tick)
+				c.guard(n, func() {
+					for _, r := range n.replicas {
+						r.Tick()
+					}
+				})
 			}
+		}
+		if c.isolated != nil && !c.now.Before(c.start.Add(c.opts.IsolateLast)) {
+			c.debugf("node %d rejoins", c.isolated.id)
+			c.net.HealAll()
+			c.isolated = nil
 		}
 		if !healed && !c.now.Before(nextPropose) {
 			c.propose()
@@ -416,7 +533,7 @@ func (c *cluster) fault() {
 		if n.up && c.down() < (len(c.nodes)-1)/2 {
 			c.crash(n)
 		} else if !n.up {
-			c.startNode(n)
+			c.boot(n)
 		}
 	case r < 7 && c.opts.Partitions:
 		o := c.nodes[c.rng.IntN(len(c.nodes))]
@@ -435,6 +552,9 @@ func (c *cluster) fault() {
 		}
 	case c.opts.Partitions:
 		c.net.HealAll()
+		if c.isolated != nil {
+			c.net.Isolate(c.isolated.id)
+		}
 	}
 	if c.opts.ClockDrift > 0 {
 		c.driftClock(c.nodes[c.rng.IntN(len(c.nodes))])
@@ -447,7 +567,7 @@ func (c *cluster) fault() {
 		for _, m := range c.nodes {
 			if m.up && m.replicas[g].Master().IsSelf {
 				to := c.ids[c.rng.IntN(len(c.ids))]
-				m.replicas[g].TransferMaster(to, func(error) {})
+				c.guard(m, func() { m.replicas[g].TransferMaster(to, func(error) {}) })
 				break
 			}
 		}
@@ -455,7 +575,7 @@ func (c *cluster) fault() {
 	// Restart nodes that have been down a while, so crashes keep coming.
 	for _, d := range c.nodes {
 		if !d.up && c.rng.IntN(3) == 0 {
-			c.startNode(d)
+			c.boot(d)
 		}
 	}
 }
@@ -475,7 +595,7 @@ func (c *cluster) healAll() {
 	c.net.SetFaults(netio.Faults{DelayMin: 100 * time.Microsecond, DelayMax: 300 * time.Microsecond})
 	for _, n := range c.nodes {
 		if !n.up {
-			c.startNode(n)
+			c.boot(n)
 		}
 	}
 }
@@ -486,38 +606,40 @@ func (c *cluster) changeMembers(n *node, g ids.GroupID) {
 	pick := func(s []ids.NodeID) ids.NodeID { return s[c.rng.IntN(len(s))] }
 	choice := c.rng.IntN(4)
 	c.debugf("node %d proposes membership change %d in g%d", n.id, choice, g)
-	n.replicas[g].ChangeMembers(func(cur statemachine.Membership) ([]ids.NodeID, []ids.NodeID, error) {
-		voters, followers := slices.Clone(cur.Voters), slices.Clone(cur.Followers)
-		var outside []ids.NodeID
-		for _, id := range c.ids {
-			if !cur.Has(id) {
-				outside = append(outside, id)
+	c.guard(n, func() {
+		n.replicas[g].ChangeMembers(func(cur statemachine.Membership) ([]ids.NodeID, []ids.NodeID, error) {
+			voters, followers := slices.Clone(cur.Voters), slices.Clone(cur.Followers)
+			var outside []ids.NodeID
+			for _, id := range c.ids {
+				if !cur.Has(id) {
+					outside = append(outside, id)
+				}
 			}
-		}
-		switch {
-		case choice == 0 && len(voters) > 2: // remove a voter
-			voters = slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == voters[0] })
-			if c.rng.IntN(2) == 0 {
-				voters = slices.Clone(cur.Voters)
+			switch {
+			case choice == 0 && len(voters) > 2: // remove a voter
+				voters = slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == voters[0] })
+				if c.rng.IntN(2) == 0 {
+					voters = slices.Clone(cur.Voters)
+					v := pick(voters)
+					voters = slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == v })
+				}
+			case choice == 1 && len(outside) > 0: // add a voter
+				voters = append(voters, pick(outside))
+			case choice == 2 && len(outside) > 0 && len(voters) > 1: // replace a voter
 				v := pick(voters)
-				voters = slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == v })
+				voters = append(slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == v }), pick(outside))
+			case choice == 3 && len(followers) > 0: // promote a follower
+				f := pick(followers)
+				followers = slices.DeleteFunc(followers, func(x ids.NodeID) bool { return x == f })
+				voters = append(voters, f)
+			case len(outside) > 0: // add a follower
+				followers = append(followers, pick(outside))
+			default:
+				return nil, nil, fmt.Errorf("no change")
 			}
-		case choice == 1 && len(outside) > 0: // add a voter
-			voters = append(voters, pick(outside))
-		case choice == 2 && len(outside) > 0 && len(voters) > 1: // replace a voter
-			v := pick(voters)
-			voters = append(slices.DeleteFunc(voters, func(x ids.NodeID) bool { return x == v }), pick(outside))
-		case choice == 3 && len(followers) > 0: // promote a follower
-			f := pick(followers)
-			followers = slices.DeleteFunc(followers, func(x ids.NodeID) bool { return x == f })
-			voters = append(voters, f)
-		case len(outside) > 0: // add a follower
-			followers = append(followers, pick(outside))
-		default:
-			return nil, nil, fmt.Errorf("no change")
-		}
-		return voters, followers, nil
-	}, func(error) {})
+			return voters, followers, nil
+		}, func(error) {})
+	})
 }
 
 // checkMasters: never two members whose leases hold at the same real time.
@@ -564,14 +686,17 @@ func (c *cluster) read() {
 		}
 	}
 	if pr.lease {
-		n.replicas[g].LeaseRead(func() error { check(); return nil }, func(error) {})
+		c.guard(n, func() { n.replicas[g].LeaseRead(func() error { check(); return nil }, func(error) {}) })
 		return
 	}
-	n.replicas[g].ReadBarrier(func(err error) {
-		if err == nil && n.up && n.sms[g] == sm {
-			check()
-		}
+	c.guard(n, func() {
+		n.replicas[g].ReadBarrier(func(err error) {
+			if err == nil && n.up && n.sms[g] == sm {
+				check()
+			}
+		})
 	})
+
 }
 
 // propose submits one unique command through a random live node.
@@ -586,7 +711,7 @@ func (c *cluster) propose() {
 	c.cmds[cmd] = true
 	p := group.NewProposal(group.RequestID{Node: n.id, Seq: c.seq}, []byte(cmd))
 	c.open = append(c.open, &pending{p: p, g: g, node: n.id, cmd: cmd})
-	n.replicas[g].Propose(p)
+	c.guard(n, func() { n.replicas[g].Propose(p) })
 }
 
 // collect records finished proposals.
@@ -698,6 +823,8 @@ type digestSM struct {
 	digest uint64
 	cmdAt  map[ids.InstanceID][]string
 	has    map[string]bool
+	// installs counts images installed into this incarnation.
+	installs int
 }
 
 func (s *digestSM) Applied() ids.InstanceID { return 0 }
@@ -740,4 +867,47 @@ func (s *digestSM) Execute(inst ids.InstanceID, cmds [][]byte) ([][]byte, error)
 	h.Write(b[:])
 	s.digest = h.Sum64()
 	return results, nil
+}
+
+// digestImage is a digestSM's checkpoint image: its whole state, as JSON (sorted
+// map keys: the same state gives the same bytes, so runs stay exact).
+type digestImage struct {
+	Next   ids.InstanceID
+	Digest uint64
+	CmdAt  map[ids.InstanceID][]string
+	Has    map[string]bool
+}
+
+const digestImageFile = "state.json"
+
+// Checkpoint implements statemachine.Checkpointer. The state is in memory only:
+// after a crash Applied() is 0 and the engine installs its local image.
+func (s *digestSM) Checkpoint(dir string) (ids.InstanceID, error) {
+	b, err := json.Marshal(digestImage{Next: s.next, Digest: s.digest, CmdAt: s.cmdAt, Has: s.has})
+	if err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, digestImageFile), b, 0o644); err != nil {
+		return 0, err
+	}
+	return s.next, nil
+}
+
+// Install implements statemachine.Installer.
+func (s *digestSM) Install(dir string) (ids.InstanceID, error) {
+	b, err := os.ReadFile(filepath.Join(dir, digestImageFile))
+	if err != nil {
+		return 0, err
+	}
+	var img digestImage
+	if err := json.Unmarshal(b, &img); err != nil {
+		return 0, err
+	}
+	s.next, s.digest, s.cmdAt, s.has = img.Next, img.Digest, img.CmdAt, img.Has
+	if s.cmdAt == nil {
+		s.cmdAt, s.has = map[ids.InstanceID][]string{}, map[string]bool{}
+	}
+	s.installs++
+	s.c.res.Installs++
+	return s.next, nil
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multipaxos/engine/group"
 	"github.com/multipaxos/engine/instance"
 )
 
@@ -27,6 +28,9 @@ func opts(seed uint64) Options {
 		Reads:      true,
 		Transfers:  seed%4 == 1,
 		Membership: seed%3 == 1,
+		// A fifth of the seeds trim their logs and rebuild lagging members from
+		// checkpoint images, among all the other faults.
+		Checkpoints: seed%5 == 2,
 	}
 	return o
 }
@@ -59,6 +63,89 @@ func TestSimulation(t *testing.T) {
 	}
 	t.Logf("%d seeds: %d instances chosen, %d proposals acknowledged, %d crashes, %d reads checked, %d master leases",
 		n, chosen, acked, crashes, reads, masters)
+}
+
+// catchUpOpts are the options of a run in which the last node is cut off for
+// `isolate` while its peers choose and trim thousands of instances.
+func catchUpOpts(seed uint64, dir string, isolate time.Duration) Options {
+	o := opts(seed)
+	o.Checkpoints, o.Dir = true, dir
+	o.Duration = isolate + time.Second
+	o.IsolateLast = isolate
+	o.ProposeEvery = 2 * time.Millisecond // about what two groups choose one by one
+	o.BatchCountMax = 1
+	o.Reads = false // checked in TestSimulation; here they would only slow the run
+	o.Groups = 2
+	o.Membership = false // the isolated node must stay a member to be checked
+	// Faults among the others stop progress while one member is cut off (no
+	// quorum); keep them to loss, duplication, reordering and, with five nodes,
+	// crashes.
+	o.Partitions, o.Crashes = false, o.Nodes == 5
+	return o
+}
+
+// TestCatchUpByCheckpoint cuts one member off while thousands of instances are
+// chosen and its peers trim their logs, then heals it: it must catch up through a
+// checkpoint image and the log after it, under loss, duplication, reordering and
+// crashes, and end with the same state as the others (finalChecks compares the
+// digests and every acknowledged write).
+func TestCatchUpByCheckpoint(t *testing.T) {
+	first, n := uint64(1), uint64(max(1, *seedsFlag/40))
+	if *seedFlag != 0 {
+		first, n = *seedFlag, 1
+	}
+	var chosen, installs, trims int
+	for seed := first; seed < first+n; seed++ {
+		o := catchUpOpts(seed, t.TempDir(), 19*time.Second)
+		if *traceFlag {
+			o.Trace = func(line string) { t.Log(line) }
+		}
+		r := Run(o)
+		if r.Violation != nil {
+			t.Fatalf("%v\nreplay: go test ./sim -run TestCatchUpByCheckpoint -args -seed %d", r.Violation, seed)
+		}
+		if r.Installs == 0 || r.Trims == 0 {
+			t.Fatalf("seed %d: %d instances chosen, %d images installed, %d trims: the isolated member did not need a checkpoint",
+				seed, r.Chosen, r.Installs, r.Trims)
+		}
+		chosen += r.Chosen
+		installs += r.Installs
+		trims += r.Trims
+		t.Logf("seed %d (%d nodes): %d instances, %d images installed (transfers and restarts), %d trims, %d crashes",
+			seed, o.Nodes, r.Chosen, r.Installs, r.Trims, r.Crashes)
+	}
+	t.Logf("%d seeds: %d instances chosen, %d images installed (transfers and restarts), %d trims", n, chosen, installs, trims)
+}
+
+// TestCrashPoints walks every named persistence step (group.CrashPoints): for
+// each, clusters whose members are killed exactly there - at different hits, with
+// checkpoints, trims and image installs going on - must keep every check.
+func TestCrashPoints(t *testing.T) {
+	seeds := uint64(max(4, *seedsFlag/25))
+	for _, point := range group.CrashPoints {
+		t.Run(point, func(t *testing.T) {
+			hits, crashes := 0, 0
+			first, last := uint64(1), seeds
+			if *seedFlag != 0 {
+				first, last = *seedFlag, *seedFlag
+			}
+			for seed := first; seed <= last; seed++ {
+				o := catchUpOpts(seed, t.TempDir(), 2*time.Second)
+				o.Crashes = false // only the crash point kills
+				o.CrashAt, o.CrashEvery = point, 1+int(seed%3)
+				r := Run(o)
+				if r.Violation != nil {
+					t.Fatalf("%v\nreplay: go test ./sim -run 'TestCrashPoints/%s' -args -seed %d", r.Violation, point, seed)
+				}
+				hits += r.CrashPointHits
+				crashes += r.Crashes
+			}
+			if crashes == 0 {
+				t.Fatalf("no member was ever killed at %q (%d hits in %d seeds)", point, hits, seeds)
+			}
+			t.Logf("%d seeds: %d hits, %d kills", seeds, hits, crashes)
+		})
+	}
 }
 
 // TestCheckerBites plants each known bug and demands that the simulation reports a
