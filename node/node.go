@@ -135,7 +135,8 @@ func Start(opts Options) (*Node, error) {
 	// Request IDs must not repeat across restarts: start from a random point.
 	n.seq.Store(rand.Uint64() >> 1)
 
-	store, err := logstore.Open(filepath.Join(opts.DataDir, "log"), logstore.Options{Logger: opts.Logger})
+	store, err := logstore.Open(filepath.Join(opts.DataDir, "log"), logstore.Options{Logger: opts.Logger,
+		MemTableSize: uint64(opts.LogMemTableBytes)})
 	if err != nil {
 		return nil, fmt.Errorf("node: open log store: %w", err)
 	}

@@ -90,6 +90,11 @@ type Options struct {
 	MaxFrameBytes int
 	// Workers is the number of goroutines that run groups. Default GOMAXPROCS.
 	Workers int
+	// LogMemTableBytes is the size of one memtable of the log's Pebble DB. The
+	// log's disk use is about the retained instances plus up to four memtables'
+	// worth of WAL (a trimmed range is reclaimed when its memtable is flushed and
+	// compacted). Default 64 MiB (package logstore).
+	LogMemTableBytes int
 
 	// Learner bounds each stream that catches a lagging member up (package
 	// learner): values and bytes in flight per learner, message size, resend
