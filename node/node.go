@@ -175,7 +175,7 @@ func Start(opts Options) (*Node, error) {
 			RejectIfNotMaster: opts.RejectIfNotMaster,
 			BatchCountMax:     opts.BatchCountMax, BatchBytesMax: opts.BatchBytesMax,
 			PendingMax: opts.PendingMax, Logger: opts.Logger,
-			Learner: opts.Learner, TeachBudget: n.teachBudget,
+			Learner: opts.Learner, TeachBudget: n.teachBudget, CrashPoint: opts.CrashPoint,
 		})
 		if err != nil {
 			n.closeOnFailedStart()

@@ -136,6 +136,10 @@ type Options struct {
 	Transport func(h netio.Handler) (netio.Transport, error)
 	// Knobs plant protocol bugs; test use only.
 	Knobs instance.Knobs
+	// CrashPoint, if set, is called at every named persistence step of every group
+	// (group.CrashPoints) just before the step; crash tests kill the process there.
+	// Test use only.
+	CrashPoint func(name string)
 }
 
 // ErrInvalidOptions is wrapped by every option violation Start reports.
