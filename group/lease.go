@@ -115,6 +115,9 @@ func (r *Replica) applyClaim(inst ids.InstanceID, c Command) []byte {
 	if err != nil || !sys.applyCommand(inst, c) {
 		return []byte{'0'}
 	}
+	if sys.Master.Master != l.state.Master {
+		r.stats.MasterChanges++
+	}
 	l.state = sys.Master
 	now := r.cfg.Clock()
 	// Proposals we forwarded to another master are in limbo: that master may have

@@ -84,6 +84,9 @@ type Config struct {
 	// before a crash and chosen after it could pass for a new one and lend it a lease
 	// it does not have. 0: random.
 	RequestSeqBase uint64
+	// OnPropose, if set, is told the number of commands of every instance value
+	// this member proposes (a batch-size histogram).
+	OnPropose func(commands int)
 	// CrashPoint, if set, is called at each named persistence step (the
 	// CrashPoint* constants) just before the step: a test kills the member there,
 	// like Ceph's paxos_kill_at. Never set in production.
@@ -195,6 +198,10 @@ type Replica struct {
 // Stats are a replica's counters.
 type Stats struct {
 	Next           ids.InstanceID // first instance not known chosen
+	HighestSeen    ids.InstanceID // the highest Next any member reported: Next is behind by the difference
+	Master         ids.NodeID     // the master as this member sees it (0: none)
+	IsMaster       bool           // this member is the master and holds the lease
+	MasterChanges  uint64         // executed claims that changed who is master
 	Applied        ids.InstanceID // next instance to execute
 	Promised       ids.Ballot     // the acceptor's promise
 	Queued         int
@@ -459,6 +466,9 @@ func (r *Replica) Stats() Stats {
 	s.Next, s.Applied, s.Queued, s.Core = r.core.Next(), r.applied, len(r.queue), r.core.Stats()
 	s.Promised = r.core.Promised()
 	s.Teacher = r.teacher.Stats()
+	s.HighestSeen = r.core.HighestSeen()
+	mi := r.Master()
+	s.Master, s.IsMaster = mi.Master, mi.IsSelf
 	s.MinRetained = r.minRetained
 	return s
 }
@@ -615,6 +625,9 @@ func (r *Replica) maybePropose(now time.Time) {
 		return
 	}
 	r.stats.Proposed++
+	if r.cfg.OnPropose != nil {
+		r.cfg.OnPropose(len(cmds))
+	}
 }
 
 // flush hands the core's output to storage, the network and the state machine.

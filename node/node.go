@@ -84,6 +84,7 @@ type Node struct {
 	stopMu  sync.Mutex
 	// teachBudget is the bandwidth share of every group's teacher (nil: no limit).
 	teachBudget learner.Budget
+	metrics     *metrics
 	// bg counts the groups' background work (checkpoint images, trims); Stop
 	// waits for it before it closes the store.
 	bg sync.WaitGroup
@@ -126,6 +127,7 @@ func Start(opts Options) (*Node, error) {
 	n := &Node{opts: opts, log: opts.Logger.With(zap.Uint64("node", uint64(opts.NodeID))),
 		quit: make(chan struct{}), work: make(chan *runner, opts.Groups)}
 	n.codecs.New = func() any { return instance.NewCodec() }
+	n.metrics = newMetrics()
 	if opts.TeachBytesPerSecond > 0 {
 		// A burst of one window lets a session fill its window at once; the rate
 		// bounds the average.
@@ -176,6 +178,7 @@ func Start(opts Options) (*Node, error) {
 			BatchCountMax:     opts.BatchCountMax, BatchBytesMax: opts.BatchBytesMax,
 			PendingMax: opts.PendingMax, Logger: opts.Logger,
 			Learner: opts.Learner, TeachBudget: n.teachBudget, CrashPoint: opts.CrashPoint,
+			OnPropose: func(cmds int) { n.metrics.batchSize.Observe(float64(cmds)) },
 		})
 		if err != nil {
 			n.closeOnFailedStart()
@@ -241,11 +244,16 @@ func (n *Node) Propose(ctx context.Context, g ids.GroupID, cmd []byte) (Result, 
 	if n.stopped.Load() {
 		return Result{}, ErrStopped
 	}
+	start := time.Now()
 	p := group.NewProposal(group.RequestID{Node: n.opts.NodeID, Seq: n.seq.Add(1)}, cmd)
 	if !n.groups[g].post(func(r *group.Replica) { r.Propose(p) }) {
 		return Result{}, ErrStopped
 	}
-	return p.Wait(ctx)
+	res, err := p.Wait(ctx)
+	if err == nil {
+		n.metrics.proposeLatency.Observe(time.Since(start).Seconds())
+	}
+	return res, err
 }
 
 // Stats is a snapshot of the node's counters.

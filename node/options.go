@@ -90,6 +90,10 @@ type Options struct {
 	MaxFrameBytes int
 	// Workers is the number of goroutines that run groups. Default GOMAXPROCS.
 	Workers int
+	// MetricsPerGroup also exports every group-level metric of Collector per group
+	// (a "group" label): 10-20 series per group. Default off: sums and maxima over
+	// the node's groups only.
+	MetricsPerGroup bool
 	// LogMemTableBytes is the size of one memtable of the log's Pebble DB. The
 	// log's disk use is about the retained instances plus up to four memtables'
 	// worth of WAL (a trimmed range is reclaimed when its memtable is flushed and

@@ -28,6 +28,8 @@ data. The replicas authenticate each other with a cluster secret made for each r
 	pass := fs.String("requirepass", "", "`PASSWORD` clients must give with AUTH; empty: none")
 	level := levelFlag(zapcore.WarnLevel)
 	fs.Var(&level, "log-level", "`LEVEL` of the logs on stderr: debug, info, warn or error")
+	var metricsAddr addrFlag
+	fs.Var(&metricsAddr, "metrics", "serve the three replicas' Prometheus metrics (label replica=\"N\") on\nhttp://`HOST:PORT`/metrics; empty: none")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -81,6 +83,20 @@ data. The replicas authenticate each other with a cluster secret made for each r
 			return errors.Join(fmt.Errorf("replica %d: %w", i, err), stopAll())
 		}
 		replicas = append(replicas, r)
+	}
+
+	if metricsAddr != "" {
+		m, err := startMetrics(string(metricsAddr))
+		for _, r := range replicas {
+			if err == nil {
+				err = m.register(r)
+			}
+		}
+		if err != nil {
+			return errors.Join(err, stopAll())
+		}
+		defer m.close()
+		fmt.Fprintf(stdout, "metrics on http://%s/metrics\n", m.Addr())
 	}
 
 	state := "new data directory"

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,11 +46,22 @@ type demoProc struct {
 	done   chan struct{}
 }
 
+// freeAddr is a loopback address whose port was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 func startDemo(t *testing.T, bin, data string, peerPort, respPort int) *demoProc {
 	t.Helper()
 	d := &demoProc{stdout: &syncBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(bin, "demo", "--data", data, "--groups", "16",
-		"--peer-port", fmt.Sprint(peerPort), "--resp-port", fmt.Sprint(respPort))
+		"--peer-port", fmt.Sprint(peerPort), "--resp-port", fmt.Sprint(respPort), "--metrics", freeAddr(t))
 	d.cmd.Stdout = d.stdout
 	logf, err := os.OpenFile(filepath.Join(data+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -112,6 +126,25 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo banner:\n%s", out)
 	}
 	ctx := context.Background()
+
+	t.Run("metrics", func(t *testing.T) {
+		m := regexp.MustCompile(`metrics on (http://\S+/metrics)`).FindStringSubmatch(d.stdout.String())
+		if m == nil {
+			t.Fatalf("no metrics address in the banner:\n%s", d.stdout.String())
+		}
+		resp, err := http.Get(m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{`paxos_log_fsyncs_total{replica="1"}`, `paxos_instances_chosen_total{replica="3"}`,
+			`paxos_masters_here{replica="2"}`, `paxos_propose_seconds_bucket`, "go_goroutines", "process_resident_memory_bytes"} {
+			if !bytes.Contains(body, []byte(want)) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
 
 	t.Run("redis-cli", func(t *testing.T) {
 		cli, err := exec.LookPath("redis-cli")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -35,6 +36,8 @@ command.`, stdout)
 	timeout := fs.Duration("timeout", 5*time.Second, "`DURATION` (e.g. 5s, 500ms) a command waits for the engine before it fails\n(TRYAGAIN: not applied; UNKNOWN: may have been applied)")
 	level := levelFlag(zapcore.InfoLevel)
 	fs.Var(&level, "log-level", "`LEVEL` of the logs on stderr: debug, info, warn or error")
+	var metricsAddr addrFlag
+	fs.Var(&metricsAddr, "metrics", "serve Prometheus metrics on http://`HOST:PORT`/metrics (the engine's, Go's and\nthe process's); empty: none. Loopback unless scraped from elsewhere")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -72,6 +75,17 @@ command.`, stdout)
 	})
 	if err != nil {
 		return err
+	}
+	if metricsAddr != "" {
+		m, err := startMetrics(string(metricsAddr))
+		if err == nil {
+			err = m.register(r)
+		}
+		if err != nil {
+			return errors.Join(err, r.close())
+		}
+		defer m.close()
+		fmt.Fprintf(stdout, "shardkv replica %d: metrics on http://%s/metrics\n", *id, m.Addr())
 	}
 	fmt.Fprintf(stdout, "shardkv replica %d: RESP on %s, peers %s, %d groups, data in %s\n",
 		*id, r.resp.Addr(), peers.String(), *groups, *data)
