@@ -4,15 +4,19 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/multipaxos/engine/group"
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/statemachine"
 )
@@ -23,31 +27,77 @@ import (
 const childEnv = "ENGINE_NODE_TEST_CHILD"
 
 // childMain runs a node and prints its per-group state every 50 ms until killed.
+// childEnv holds its settings as space-separated key=value pairs: id, dir, groups,
+// and each member's address under its node ID; optionally every (CheckpointEvery,
+// with an imageSM in every group, KeepInstances a third of it) and, for the crash
+// walk, durable=1 (the imageSMs keep their state in dir: durableSM), crash (an
+// index into group.CrashPoints) and hit: the process kills itself at the hit-th
+// time any group reaches that point after it is armed, by the line "arm" on stdin
+// or at once with armed=1.
 func childMain() {
 	var id ids.NodeID
 	var dir string
-	var groups int
+	var groups, every, crash, hit int
+	var durable bool
+	crash = -1
+	armed := new(atomic.Bool)
 	members := map[ids.NodeID]string{}
 	for _, kv := range strings.Fields(os.Getenv(childEnv)) {
 		k, v, _ := strings.Cut(kv, "=")
-		switch {
-		case k == "id":
-			n, _ := strconv.Atoi(v)
+		n, _ := strconv.Atoi(v)
+		switch k {
+		case "id":
 			id = ids.NodeID(n)
-		case k == "dir":
+		case "dir":
 			dir = v
-		case k == "groups":
-			groups, _ = strconv.Atoi(v)
+		case "groups":
+			groups = n
+		case "every":
+			every = n
+		case "crash":
+			crash = n
+		case "hit":
+			hit = n
+		case "durable":
+			durable = n != 0
+		case "armed":
+			armed.Store(n != 0)
 		default:
-			n, _ := strconv.Atoi(k)
-			members[ids.NodeID(n)] = v
+			m, _ := strconv.Atoi(k)
+			members[ids.NodeID(m)] = v
 		}
 	}
-	sms := make([]*digestSM, groups)
-	_, err := Start(Options{NodeID: id, Members: members, Groups: groups, DataDir: dir,
+	sms := make([]stateReader, groups)
+	opts := Options{NodeID: id, Members: members, Groups: groups, DataDir: dir,
 		TickInterval: 10 * time.Millisecond, StatusInterval: 200 * time.Millisecond,
-		StateMachines: func(g ids.GroupID) statemachine.StateMachine { sms[g] = &digestSM{}; return sms[g] }})
-	if err != nil {
+		StateMachines: func(g ids.GroupID) statemachine.StateMachine { sm := &digestSM{}; sms[g] = sm; return sm }}
+	if every > 0 {
+		opts.CheckpointEvery, opts.KeepInstances, opts.CheckpointChunkBytes = every, every/3, 4<<10
+		opts.StateMachines = func(g ids.GroupID) statemachine.StateMachine { sm := &imageSM{}; sms[g] = sm; return sm }
+	}
+	if durable {
+		opts.StateMachines = func(g ids.GroupID) statemachine.StateMachine {
+			sm, err := openDurableSM(filepath.Join(dir, "sm", strconv.Itoa(int(g))))
+			if err != nil {
+				fmt.Println("error", err)
+				os.Exit(1)
+			}
+			sms[g] = sm
+			return sm
+		}
+	}
+	if crash >= 0 {
+		opts.CrashPoint = crashAt(group.CrashPoints[crash], hit, armed)
+		go func() {
+			sc := bufio.NewScanner(os.Stdin)
+			for sc.Scan() {
+				if sc.Text() == "arm" {
+					armed.Store(true)
+				}
+			}
+		}()
+	}
+	if _, err := Start(opts); err != nil {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
@@ -63,11 +113,42 @@ func childMain() {
 	}
 }
 
+// crashAt returns the CrashPoint hook that kills this process at the hit-th time a
+// group reaches the point named name while armed.
+func crashAt(name string, hit int, armed *atomic.Bool) func(string) {
+	var hits atomic.Int64
+	return func(at string) {
+		if at != name || !armed.Load() {
+			return
+		}
+		n := hits.Add(1)
+		if n < int64(hit) {
+			return
+		}
+		if n == int64(hit) {
+			// The parent tells a kill at the crash point from any other death by
+			// this line (stdout is unbuffered: it is in the pipe before the kill).
+			fmt.Printf("crash %d %s\n", n, name)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+		// Neither this group nor any other that reaches the point while the
+		// signal is on its way may take the step.
+		select {}
+	}
+}
+
+// stateReader is what childMain prints of a group's state machine.
+type stateReader interface {
+	state() (next ids.InstanceID, digest uint64)
+}
+
 type child struct {
-	cmd   *exec.Cmd
-	mu    sync.Mutex
-	state string
-	done  chan struct{}
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	mu      sync.Mutex
+	state   string        // the last "state" line
+	crashed string        // the "crash" line, if the child killed itself at its crash point
+	done    chan struct{} // closed once the child exited and was reaped
 }
 
 func startChild(t *testing.T, env string) *child {
@@ -78,28 +159,54 @@ func startChild(t *testing.T, env string) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, done: make(chan struct{})}
+	c := &child{cmd: cmd, stdin: in, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
 		sc := bufio.NewScanner(out)
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
+			line := sc.Text()
 			c.mu.Lock()
-			c.state = sc.Text()
+			if strings.HasPrefix(line, "crash ") {
+				c.crashed = line
+			} else {
+				c.state = line
+			}
 			c.mu.Unlock()
 		}
+		_ = cmd.Wait() // after the last read, as os/exec asks
 	}()
 	return c
+}
+
+// arm starts the child's crash point counting.
+func (c *child) arm() error {
+	_, err := io.WriteString(c.stdin, "arm\n")
+	return err
+}
+
+// exited reports whether the child exited, and whether SIGKILL ended it.
+func (c *child) exited() (exited, killed bool) {
+	select {
+	case <-c.done:
+	default:
+		return false, false
+	}
+	ws, ok := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return true, ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
 func (c *child) kill() {
 	_ = c.cmd.Process.Signal(syscall.SIGKILL)
 	<-c.done
-	_ = c.cmd.Wait()
 }
 
 // TestKilledMemberRejoins: node 3 runs in its own process and is killed with SIGKILL
