@@ -312,7 +312,7 @@ func (r *Replica) tickCheckpoints() {
 // the last one, unless the image is locked by a transfer.
 func (r *Replica) maybeMakeImage() {
 	cp := r.cp
-	if cp == nil || r.replaying {
+	if cp == nil || r.replaying || r.repair != nil {
 		return
 	}
 	imageAt := r.minRetained
@@ -403,7 +403,7 @@ func (r *Replica) replaceImage(img *localImage) {
 // maybeTrim trims the log below min(image, Next-KeepInstances), in coarse steps.
 func (r *Replica) maybeTrim() {
 	cp := r.cp
-	if cp == nil || cp.image == nil || cp.trimming || r.failed != nil || r.replaying {
+	if cp == nil || cp.image == nil || cp.trimming || r.failed != nil || r.replaying || r.repair != nil {
 		return
 	}
 	next := r.core.Next()
@@ -492,8 +492,14 @@ func (r *Replica) onCheckpointOffer(from ids.NodeID, m GroupMessage) {
 		r.log.Warn("bad checkpoint offer", zap.Uint64("from", uint64(from)), zap.Error(err))
 		return
 	}
-	if cp.recv != nil || man.Instance <= r.applied || man.Instance <= r.core.Next() {
-		return // busy with one, or it brings nothing new
+	if man.Instance > r.applied && man.Instance <= r.smFloor && (r.repair != nil || man.Instance > r.core.Next()) {
+		// The state machine holds the image already; the engine's state in its
+		// manifest is all this member needs from it.
+		r.skipTo(man.Instance, man.System, "")
+		return
+	}
+	if cp.recv != nil || man.Instance <= max(r.applied, r.smFloor) || (r.repair == nil && man.Instance <= r.core.Next()) {
+		return // busy with one, or it brings nothing new (the state machine may be ahead of the log)
 	}
 	if _, err := DecodeSystemState(man.System); err != nil {
 		r.log.Warn("checkpoint offer with a bad system state", zap.Uint64("from", uint64(from)), zap.Error(err))
@@ -597,7 +603,7 @@ func (r *Replica) imageReceived(t *transfer, err error) {
 func (r *Replica) installImage(t *transfer) error {
 	cp := r.cp
 	inst := t.m.Instance
-	if inst <= r.applied || inst <= r.core.Next() {
+	if inst <= max(r.applied, r.smFloor) || (r.repair == nil && inst <= r.core.Next()) {
 		return errors.New("the image is no longer ahead of this member")
 	}
 	sys, err := DecodeSystemState(t.m.System)
@@ -640,6 +646,7 @@ func (r *Replica) installImage(t *transfer) error {
 	r.storedNext.Store(max(r.storedNext.Load(), uint64(inst)))
 	r.core.InstallCheckpoint(inst)
 	r.stats.Installs++
+	r.repairedTo(inst)
 	r.log.Info("checkpoint image installed", zap.Uint64("instance", uint64(inst)), zap.Uint64("from", uint64(t.from)))
 	if cp.cfg.Installed != nil {
 		installed := cp.cfg.Installed

@@ -13,6 +13,7 @@ import (
 	"github.com/multipaxos/engine/logstore"
 	"github.com/multipaxos/engine/statemachine"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Storage is the part of a logstore.Store a group uses.
@@ -121,6 +122,36 @@ func (c *Config) fillDefaults() {
 	}
 }
 
+// recentIDs remembers the last executedIDsMax request IDs executed, so a master
+// never proposes again a command that was chosen already. It is rebuilt by the
+// replay at start, so it survives restarts for what the log still holds.
+type recentIDs struct {
+	set  map[RequestID]struct{}
+	ring []RequestID
+	at   int
+}
+
+const executedIDsMax = 1 << 16
+
+func (s *recentIDs) has(id RequestID) bool {
+	_, ok := s.set[id]
+	return ok
+}
+
+func (s *recentIDs) add(id RequestID) {
+	if s.set == nil {
+		s.set = make(map[RequestID]struct{})
+	}
+	if len(s.ring) < executedIDsMax {
+		s.ring = append(s.ring, id)
+	} else {
+		delete(s.set, s.ring[s.at])
+		s.ring[s.at] = id
+		s.at = (s.at + 1) % executedIDsMax
+	}
+	s.set[id] = struct{}{}
+}
+
 // forwardHopsMax bounds how often a proposal is passed on between members that are
 // not the master, so a stale view cannot bounce it forever.
 const forwardHopsMax = 3
@@ -160,6 +191,7 @@ type Replica struct {
 	inflightInst ids.InstanceID
 	forwarded    map[RequestID]*Proposal // ours, sent to the master; settled when executed here
 	seenForward  map[RequestID]uint64    // forwarded proposals taken, with the tick they came
+	executed     recentIDs               // application commands executed lately (replay included)
 	seq          uint64                  // for the replica's own (master claim) request IDs
 
 	applyQueue []instance.Entry // chosen, not yet executed (the state machine stalled)
@@ -178,6 +210,7 @@ type Replica struct {
 	teacher     *learner.Teacher
 	minRetained ids.InstanceID // the lowest instance the log holds
 	cp          *checkpoints   // nil: no checkpoints, the log is never trimmed
+	repair      *repair        // non-nil while chosen records lost to corruption are learned again
 	sysHistory  []sysPoint     // SystemState changes since minRetained, the first at it
 	// smFloor: the state machine holds every instance below it (it was ahead of
 	// the log at start, or installed an image); those are never executed again.
@@ -212,6 +245,7 @@ type Stats struct {
 	SyncedWrites   uint64 // storage batches that waited for an fsync
 	LazyWrites     uint64 // storage batches written without fsync
 	ApplyErrors    uint64
+	Repairs        uint64         // starts with a corrupt or missing chosen record, repaired from peers
 	MinRetained    ids.InstanceID // the lowest instance the log holds
 	Images         uint64         // checkpoint images made or installed
 	Trims          uint64
@@ -263,7 +297,10 @@ func New(cfg Config) (*Replica, error) {
 	if e, err := cfg.Storage.Entry(cfg.Group, meta.ChosenNext); err == nil {
 		rec.Accepted = instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}
 	} else if !errors.Is(err, logstore.ErrNotFound) {
-		return nil, fmt.Errorf("group %d: load accepted instance %d: %w", cfg.Group, meta.ChosenNext, err)
+		// What this acceptor accepted there is unknown now, and Paxos needs it
+		// to remember (see repair.go): no repair from peers can replace it.
+		return nil, fmt.Errorf("group %d: the record of instance %d, where this member may have accepted a value, is unreadable; "+
+			"replace the member (remove it from the group, add a fresh one): %w", cfg.Group, meta.ChosenNext, err)
 	}
 	pc := cfg.Protocol
 	pc.Self, pc.Members, pc.Followers = cfg.Self, cfg.Members, cfg.Followers
@@ -312,11 +349,19 @@ func (r *Replica) replay(from, next, smApplied ids.InstanceID) error {
 	r.applied, r.sysApplied = from, from
 	for r.applied < next {
 		es, err := r.cfg.Storage.Entries(r.cfg.Group, r.applied, 256, 4<<20)
-		if err != nil {
+		if err != nil && !errors.Is(err, logstore.ErrCorrupt) {
 			return fmt.Errorf("group %d: replay from %d: %w", r.cfg.Group, r.applied, err)
 		}
-		if len(es) == 0 || es[0].Instance != r.applied {
-			return fmt.Errorf("group %d: replay: chosen instance %d missing from the log", r.cfg.Group, r.applied)
+		if err != nil || len(es) == 0 || es[0].Instance != r.applied {
+			// A chosen record that fails its checksum or is gone: find the first
+			// bad one and learn the rest from peers, never from it (repair.go).
+			if es, err = r.readGoodPrefix(r.applied, next, zapcore.ErrorLevel); err != nil {
+				return err
+			}
+			if len(es) == 0 {
+				r.startRepair(r.applied, next)
+				return nil
+			}
 		}
 		for _, e := range es {
 			if e.Instance >= next {
@@ -361,6 +406,10 @@ func (r *Replica) Step(m instance.Message) error {
 	if r.failed != nil {
 		return nil
 	}
+	if r.repair != nil {
+		r.repairStep(m)
+		return nil
+	}
 	if err := r.core.Step(m); err != nil {
 		return err
 	}
@@ -373,6 +422,9 @@ func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
 	if r.failed != nil {
 		return nil
 	}
+	if r.repair != nil && m.Type != MsgCheckpointOffer && m.Type != MsgChunk {
+		return nil // repairing: nothing but what repairs (forwarders and readers time out)
+	}
 	// Any node of the cluster may forward a proposal or ask for a read index (a
 	// follower does both); only voters' read indexes count for a barrier.
 	switch m.Type {
@@ -381,8 +433,11 @@ func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
 			if c.Kind == KindMaster || len(r.queue) >= r.cfg.PendingMax {
 				continue // master claims are never forwarded (their lease counts from the claimant's clock); a full queue sheds load
 			}
-			if _, dup := r.seenForward[c.ID]; dup {
-				continue // a duplicated frame: proposing it again would execute it twice
+			if _, dup := r.seenForward[c.ID]; dup || r.executed.has(c.ID) {
+				// A duplicated frame - perhaps one that outlived a restart of this
+				// member, which forgot seenForward but not the log it replayed:
+				// proposing it again would choose it twice.
+				continue
 			}
 			r.seenForward[c.ID] = r.ticks
 			p := NewProposal(c.ID, c.Data)
@@ -415,6 +470,11 @@ func (r *Replica) Tick() {
 		return
 	}
 	r.ticks++
+	if r.repair != nil {
+		r.repairTick()
+		r.tickCheckpoints()
+		return
+	}
 	r.core.Tick()
 	r.teacher.Tick()
 	r.pumpTeacher()
@@ -440,7 +500,7 @@ func (r *Replica) Tick() {
 // NeedsTick reports whether the replica has a timer running. An idle group needs no
 // ticks; the node skips it, which keeps thousands of idle groups cheap.
 func (r *Replica) NeedsTick() bool {
-	return r.failed == nil && (r.core.Busy() || r.persisting || len(r.applyQueue) > 0 || len(r.queue) > 0 ||
+	return r.failed == nil && (r.repair != nil || r.core.Busy() || r.persisting || len(r.applyQueue) > 0 || len(r.queue) > 0 ||
 		len(r.forwarded) > 0 || len(r.barriers) > 0 || len(r.leaseReads) > 0 || len(r.inflight) > 0 ||
 		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()) || r.teacher.Active() || r.cp.busy())
 }
@@ -479,7 +539,7 @@ func (r *Replica) Core() *instance.Core { return r.core }
 // drive moves queued work along according to who is master: propose it (master),
 // forward it (another master is valid), or claim mastership (nobody is).
 func (r *Replica) drive() {
-	if r.failed != nil {
+	if r.failed != nil || r.repair != nil {
 		return
 	}
 	now := r.cfg.Clock()
@@ -605,6 +665,9 @@ func (r *Replica) maybePropose(now time.Time) {
 				break
 			}
 			n++
+			if r.executed.has(p.ID) {
+				continue // chosen already: a duplicate that came in before its original was executed here
+			}
 			if !p.take() {
 				continue // its caller gave up
 			}
@@ -810,6 +873,14 @@ type logSource struct{ r *Replica }
 
 func (s logSource) Entries(from ids.InstanceID, maxCount, maxBytes int) ([]instance.Entry, error) {
 	es, err := s.r.cfg.Storage.Entries(s.r.cfg.Group, from, maxCount, maxBytes)
+	if errors.Is(err, logstore.ErrCorrupt) {
+		// Teach up to the damaged record, never past it: the learner's timeout
+		// sends it to another member for the rest.
+		next := min(s.r.core.Next(), from+ids.InstanceID(maxCount))
+		if es, err = s.r.readGoodPrefix(from, next, zapcore.DebugLevel); err == nil && len(es) == 0 {
+			err = fmt.Errorf("record of chosen instance %d is corrupt", from)
+		}
+	}
 	out := make([]instance.Entry, len(es))
 	for i, e := range es {
 		out[i] = instance.Entry{Instance: e.Instance, Ballot: e.Ballot, Value: e.Value}
@@ -881,6 +952,11 @@ func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 	}
 	r.applied++
 	r.next.Store(uint64(r.core.Next()))
+	for _, c := range cmds {
+		if c.Kind == KindApp {
+			r.executed.add(c.ID)
+		}
+	}
 	for i, c := range cmds {
 		// Settle what we proposed (ours or forwarded to us) and, on the member a
 		// command came from, the caller waiting for it.

@@ -72,6 +72,9 @@ func (s *digestSM) state() (ids.InstanceID, uint64) {
 	return s.next, s.digest
 }
 
+// freeAddrs returns n distinct loopback addresses whose ports were free: every
+// listener stays open until all are chosen, or the kernel may hand a port out
+// twice.
 func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
 	var addrs []string
@@ -80,8 +83,8 @@ func freeAddrs(t *testing.T, n int) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer l.Close()
 		addrs = append(addrs, l.Addr().String())
-		l.Close()
 	}
 	return addrs
 }

@@ -76,6 +76,9 @@ type Options struct {
 	// BatchCountMax bounds the commands of one instance (group.Config); 0: the
 	// group's default. Small values make many instances out of a load.
 	BatchCountMax int
+	// Corrupt damages a chosen log record of a random group on some restarts; the
+	// member must repair it from peers.
+	Corrupt bool
 	// IsolateLast cuts the last node off from everyone from the start for this
 	// long: it misses (and its peers trim) many instances, then catches up.
 	IsolateLast time.Duration
@@ -93,9 +96,11 @@ type Result struct {
 	Reads     int // lease reads and barriers that completed and were checked
 	Masters   int // master leases observed
 	Installs  int // checkpoint images installed into state machines
-	Trims     int // log trims
+	Trims     int // (node, group) logs trimmed at the end of the run
 	// CrashPointHits counts how often a member reached Options.CrashAt.
 	CrashPointHits int
+	// Corruptions counts chosen log records damaged (Options.Corrupt).
+	Corruptions int
 }
 
 const tick = 10 * time.Millisecond
@@ -146,10 +151,11 @@ type cluster struct {
 	res       Result
 	reads     []*pendingRead
 	readLog   map[ids.GroupID][]readRecord
-	dir       string // checkpoint images
-	isolated  *node  // cut off until IsolateLast
-	healed    bool   // the heal phase began: no more faults
-	crashNext int    // the crash point's hit count that kills next
+	dir       string      // checkpoint images
+	isolated  *node       // cut off until IsolateLast
+	healed    bool        // the heal phase began: no more faults
+	corrupted map[gi]bool // (group, instance) whose record was damaged on some node
+	crashNext int         // the crash point's hit count that kills next
 }
 
 // killed is the panic a crash point raises to stop a member in the middle of
@@ -230,13 +236,14 @@ func Run(opts Options) Result {
 		opts.ProposeEvery = 2 * time.Millisecond
 	}
 	c := &cluster{
-		opts:    opts,
-		rng:     rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
-		now:     time.Unix(0, 0),
-		start:   time.Unix(0, 0),
-		chosen:  map[gi]uint64{},
-		readLog: map[ids.GroupID][]readRecord{},
-		cmds:    map[string]bool{},
+		opts:      opts,
+		rng:       rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
+		now:       time.Unix(0, 0),
+		start:     time.Unix(0, 0),
+		chosen:    map[gi]uint64{},
+		readLog:   map[ids.GroupID][]readRecord{},
+		corrupted: map[gi]bool{},
+		cmds:      map[string]bool{},
 	}
 	c.res.Seed = opts.Seed
 	c.net = netio.NewMemNetwork(int64(opts.Seed))
@@ -276,7 +283,9 @@ func Run(opts Options) Result {
 	c.run()
 	for _, n := range c.nodes {
 		for _, r := range n.replicas {
-			c.res.Trims += int(r.Stats().Trims)
+			if r.Stats().MinRetained > 0 {
+				c.res.Trims++
+			}
 		}
 	}
 	c.res.Violation = c.err
@@ -432,7 +441,7 @@ func (c *cluster) run() {
 			healAt = c.now
 			c.healAll()
 		}
-		if healed && (c.converged() || c.now.After(deadline)) {
+		if healed && (c.converged() || !c.now.Before(deadline)) {
 			break
 		}
 		// Pick the earliest event.
@@ -533,6 +542,7 @@ func (c *cluster) fault() {
 		if n.up && c.down() < (len(c.nodes)-1)/2 {
 			c.crash(n)
 		} else if !n.up {
+			c.corruptSome(n)
 			c.boot(n)
 		}
 	case r < 7 && c.opts.Partitions:
@@ -575,8 +585,35 @@ func (c *cluster) fault() {
 	// Restart nodes that have been down a while, so crashes keep coming.
 	for _, d := range c.nodes {
 		if !d.up && c.rng.IntN(3) == 0 {
+			c.corruptSome(d)
 			c.boot(d)
 		}
+	}
+}
+
+// corruptSome flips a byte in one chosen log record of a random group of the
+// down node n (Options.Corrupt): on restart it must learn that instance again from
+// peers, never apply the damaged value.
+func (c *cluster) corruptSome(n *node) {
+	if !c.opts.Corrupt || c.rng.IntN(2) == 0 {
+		return
+	}
+	g := ids.GroupID(c.rng.IntN(c.opts.Groups))
+	meta, err := n.store.LoadMeta(g)
+	if err != nil || meta.ChosenNext <= meta.MinRetained {
+		return
+	}
+	inst := meta.MinRetained + ids.InstanceID(c.rng.Int64N(int64(meta.ChosenNext-meta.MinRetained)))
+	if c.corrupted[gi{g, inst}] {
+		// One damaged copy per instance: a record damaged on two of three
+		// members may leave no intact copy to repair from (nor a quorum to
+		// recover it), which no protocol survives.
+		return
+	}
+	if n.store.CorruptEntry(g, inst) == nil {
+		c.corrupted[gi{g, inst}] = true
+		c.res.Corruptions++
+		c.debugf("node %d g%d: record of chosen instance %d corrupted", n.id, g, inst)
 	}
 }
 
