@@ -61,6 +61,12 @@ type Options struct {
 	// handshake (Hellos and, with a ClusterSecret, proofs) before it is closed.
 	// Default 3 s.
 	HandshakeTimeout time.Duration
+	// ConnectionsMax bounds the connections open at once, inbound and outbound,
+	// established or not. A member needs one per peer (two while one replaces the
+	// other); beyond the bound, new inbound connections are closed at once, so a
+	// flood of strangers costs at most that many sockets, each for at most
+	// HandshakeTimeout. Default 2 x peers + 32.
+	ConnectionsMax int
 	// KeepaliveInterval: a connected peer that has been sent nothing for this long is
 	// sent a keepalive frame. Default 1 s.
 	KeepaliveInterval time.Duration
@@ -126,6 +132,9 @@ func (o Options) withDefaults() Options {
 	setDur(&o.KeepaliveInterval, DefaultKeepaliveInterval)
 	setDur(&o.IdleTimeout, max(DefaultIdleTimeout, 10*o.KeepaliveInterval))
 	setDur(&o.UnreachableAfter, DefaultUnreachableAfter)
+	if o.ConnectionsMax == 0 {
+		o.ConnectionsMax = 2*len(o.Peers) + 32
+	}
 	if o.EventLoops == 0 {
 		o.EventLoops = DefaultEventLoops
 	}

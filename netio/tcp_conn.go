@@ -45,6 +45,13 @@ func (h *loopHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	cs.opened = now
 	cs.lastRecv.Store(now.UnixNano())
 	t.mu.Lock()
+	if !cs.outbound && len(t.conns) >= t.opts.ConnectionsMax {
+		t.mu.Unlock()
+		t.stats.connsRefused.Add(1)
+		// Debug, not warn: a flood would flood the log too (Stats counts them).
+		t.log.Debug("too many connections: inbound connection closed", zap.String("remote", cs.remote), zap.Int("max", t.opts.ConnectionsMax))
+		return nil, gnet.Close
+	}
 	t.conns[cs] = c
 	t.mu.Unlock()
 	if cs.outbound {

@@ -824,3 +824,38 @@ func TestTCPPostHandshakeChecks(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestTCPConnectionsBounded: silent strangers hold connections open until their
+// handshake times out; past ConnectionsMax new ones are closed at once, and the
+// members' own connection is not disturbed.
+func TestTCPConnectionsBounded(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	c := newCluster(t, 2, func(o *Options) { o.ConnectionsMax = 4; o.HandshakeTimeout = 5 * time.Second })
+	n1, n2 := c.start(1), c.start(2)
+	defer c.closeAll()
+	waitFor(t, "1-2 connected", func() bool { return n1.tr.Connected(2) && n2.tr.Connected(1) })
+	// One connection is the members'; three strangers fit beside it.
+	var held []net.Conn
+	defer func() {
+		for _, nc := range held {
+			nc.Close()
+		}
+	}()
+	for range 3 {
+		held = append(held, rawDial(t, c.peers[2]))
+	}
+	waitFor(t, "three strangers admitted", func() bool {
+		n2.tr.mu.Lock()
+		defer n2.tr.mu.Unlock()
+		return len(n2.tr.conns) == 4
+	})
+	before := n2.tr.Stats().ConnsRefused
+	nc := rawDial(t, c.peers[2])
+	if got := expectClosedByServer(t, nc); len(got) != 0 {
+		t.Fatalf("server answered a connection over the limit with %d bytes", len(got))
+	}
+	waitFor(t, "refusal counted", func() bool { return n2.tr.Stats().ConnsRefused == before+1 })
+	if !n1.tr.Connected(2) || !n2.tr.Connected(1) {
+		t.Fatal("the members' connection was dropped")
+	}
+}
