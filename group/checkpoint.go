@@ -638,16 +638,9 @@ func (r *Replica) installImage(t *transfer) error {
 	}
 	r.crashPoint(CrashAfterInstallTrim)
 	r.replaceImage(&localImage{dir: final, m: t.m})
-	r.failLimbo(inst)
-	r.applyQueue = slices.DeleteFunc(r.applyQueue, func(e instance.Entry) bool { return e.Instance < inst })
-	r.applied = max(r.applied, inst)
-	r.resetSystemState(inst, sys)
-	r.minRetained = inst
-	r.storedNext.Store(max(r.storedNext.Load(), uint64(inst)))
-	r.core.InstallCheckpoint(inst)
 	r.stats.Installs++
-	r.repairedTo(inst)
 	r.log.Info("checkpoint image installed", zap.Uint64("instance", uint64(inst)), zap.Uint64("from", uint64(t.from)))
+	r.rebase(inst, sys)
 	if cp.cfg.Installed != nil {
 		installed := cp.cfg.Installed
 		cp.cfg.Background(func() {
@@ -659,6 +652,21 @@ func (r *Replica) installImage(t *transfer) error {
 	r.drive()
 	r.flush()
 	return nil
+}
+
+// rebase makes instance inst the group's new start once the state machine holds
+// every instance below it and the log is trimmed to it (with sys, the engine's
+// state there, as the trim's base): the steps after the trim in the install order
+// above, shared by an installed image and a repair or learner that skips to one.
+func (r *Replica) rebase(inst ids.InstanceID, sys SystemState) {
+	r.setMinRetained(inst)
+	r.applyQueue = slices.DeleteFunc(r.applyQueue, func(e instance.Entry) bool { return e.Instance < inst })
+	r.failLimbo(inst)
+	r.applied = max(r.applied, inst)
+	r.resetSystemState(inst, sys)
+	r.storedNext.Store(max(r.storedNext.Load(), uint64(inst)))
+	r.core.InstallCheckpoint(inst) // a no-op while repairing: the core's Next is already past it
+	r.repairedTo(inst)
 }
 
 // failLimbo fails our proposals that may have been chosen in the instances an

@@ -3,7 +3,6 @@ package group
 import (
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/multipaxos/engine/ids"
 	"github.com/multipaxos/engine/instance"
@@ -98,20 +97,10 @@ func (r *Replica) skipTo(inst ids.InstanceID, system []byte, dir string) bool {
 		r.storageFailed(fmt.Errorf("trim to %d: %w", inst, err))
 		return false
 	}
-	r.setMinRetained(inst)
-	r.applyQueue = slices.DeleteFunc(r.applyQueue, func(e instance.Entry) bool { return e.Instance < inst })
-	r.failLimbo(inst)
-	r.applied = max(r.applied, inst)
-	r.resetSystemState(inst, sys)
-	r.storedNext.Store(max(r.storedNext.Load(), uint64(inst)))
 	r.log.Info("moved to a checkpoint image's instance the state machine already holds", zap.Uint64("instance", uint64(inst)))
-	if r.repair != nil {
-		r.repairedTo(inst)
-	} else {
-		r.core.InstallCheckpoint(inst)
-		r.drive()
-		r.flush()
-	}
+	r.rebase(inst, sys)
+	r.drive()
+	r.flush()
 	return true
 }
 
