@@ -44,25 +44,32 @@ const (
 // handshakeMAC is the proof of one side of one connection:
 //
 //	HMAC-SHA256(secret, domain | label | u64 cluster | u64 dialer | u64 acceptor |
-//	            dialer nonce | acceptor nonce)
+//	            dialer nonce | acceptor nonce |
+//	            u64 dialer incarnation | u64 acceptor incarnation)
 //
 // integers big-endian, every field fixed-size, so that no two inputs share an
 // encoding. Both nonces are in it: each side's own fresh nonce is what stops a proof
 // recorded from an earlier connection (or made for a stranger's chosen nonce) from
-// passing on this one.
+// passing on this one. Both incarnations are in it (protocol 3), each as its Hello
+// announced it: whoever can alter a Hello on the path cannot plant a false incarnation,
+// which would make peers refuse the real node for good.
 func handshakeMAC(secret []byte, label string, clusterID uint64, dialer, acceptor ids.NodeID,
-	dialerNonce, acceptorNonce *[nonceBytes]byte) [proofBytes]byte {
+	dialerNonce, acceptorNonce *[nonceBytes]byte, dialerInc, acceptorInc uint64) [proofBytes]byte {
 	m := hmac.New(sha256.New, secret)
 	var ints [24]byte
 	binary.BigEndian.PutUint64(ints[0:], clusterID)
 	binary.BigEndian.PutUint64(ints[8:], uint64(dialer))
 	binary.BigEndian.PutUint64(ints[16:], uint64(acceptor))
+	var incs [16]byte
+	binary.BigEndian.PutUint64(incs[0:], dialerInc)
+	binary.BigEndian.PutUint64(incs[8:], acceptorInc)
 	// hash.Hash.Write never returns an error.
 	_, _ = m.Write([]byte(macDomain))
 	_, _ = m.Write([]byte(label))
 	_, _ = m.Write(ints[:])
 	_, _ = m.Write(dialerNonce[:])
 	_, _ = m.Write(acceptorNonce[:])
+	_, _ = m.Write(incs[:])
 	var out [proofBytes]byte
 	m.Sum(out[:0])
 	return out
@@ -75,13 +82,16 @@ func newNonce(n *[nonceBytes]byte) {
 }
 
 // proofFor computes the proof on connection cs under label, from this node's view:
-// cs.nonce is ours, cs.peerNonce the peer's, and the lower node ID is the dialer.
+// cs.nonce and t.opts.Incarnation are ours, cs.peerNonce and cs.peerIncarnation the
+// peer's (from its Hello), and the lower node ID is the dialer.
 func (t *TCPTransport) proofFor(cs *connState, label string) [proofBytes]byte {
 	dialer, acceptor := t.opts.NodeID, cs.peer.id
 	dn, an := &cs.nonce, &cs.peerNonce
+	di, ai := t.opts.Incarnation, cs.peerIncarnation
 	if !cs.outbound {
 		dialer, acceptor = acceptor, dialer
 		dn, an = an, dn
+		di, ai = ai, di
 	}
-	return handshakeMAC(t.opts.ClusterSecret, label, t.opts.ClusterID, dialer, acceptor, dn, an)
+	return handshakeMAC(t.opts.ClusterSecret, label, t.opts.ClusterID, dialer, acceptor, dn, an, di, ai)
 }

@@ -292,7 +292,7 @@ func splitFrames(t *testing.T, b []byte) []wireFrame {
 }
 
 // A real handshake between nodes 1 and 2 is recorded on the path; replaying the
-// dialer's bytes (Hello, proof and the engine frame after them) from a raw connection
+// dialer's bytes (Hello, proof, Admitted and the engine frame after them) from a raw connection
 // is refused: the acceptor picks a fresh nonce, so the recorded proof does not cover
 // it. Nothing of the replay reaches the Handler, and the real link is untouched.
 func TestTCPAuthReplay(t *testing.T) {
@@ -316,8 +316,8 @@ func TestTCPAuthReplay(t *testing.T) {
 		t.Fatal("the secret is on the wire")
 	}
 	upFrames, downFrames := splitFrames(t, up), splitFrames(t, down)
-	if len(upFrames) < 3 || upFrames[0].hdr.Group != ctlHello || upFrames[1].hdr.Group != ctlProof ||
-		upFrames[2].hdr.Type != 1 {
+	if len(upFrames) < 4 || upFrames[0].hdr.Group != ctlHello || upFrames[1].hdr.Group != ctlProof ||
+		upFrames[2].hdr.Group != ctlAdmitted || upFrames[2].hdr.Type != TypeControl || upFrames[3].hdr.Type != 1 {
 		t.Fatalf("recorded dialer stream: %+v", upFrames)
 	}
 	if len(downFrames) < 2 || downFrames[0].hdr.Group != ctlHello || downFrames[1].hdr.Group != ctlProof {
@@ -400,11 +400,11 @@ func TestTCPHandshakeProofStep(t *testing.T) {
 		{"zero proof", func(rawAnswer) []byte { return appendProofFrame(nil, testCluster, zeroMAC) }, "authentication failed"},
 		{"acceptor's proof reflected", func(a rawAnswer) []byte { return a.proofFrame }, "authentication failed"},
 		{"proof with the nonces swapped", func(a rawAnswer) []byte {
-			mac := handshakeMAC(testSecret, labelDialer, testCluster, 1, 2, &a.hello.Nonce, &a.dialerNonce)
+			mac := handshakeMAC(testSecret, labelDialer, testCluster, 1, 2, &a.hello.Nonce, &a.dialerNonce, 0, a.hello.Incarnation)
 			return appendProofFrame(nil, testCluster, mac)
 		}, "authentication failed"},
 		{"proof for another pair", func(a rawAnswer) []byte {
-			mac := handshakeMAC(testSecret, labelDialer, testCluster, 1, 3, &a.dialerNonce, &a.hello.Nonce)
+			mac := handshakeMAC(testSecret, labelDialer, testCluster, 1, 3, &a.dialerNonce, &a.hello.Nonce, 0, a.hello.Incarnation)
 			return appendProofFrame(nil, testCluster, mac)
 		}, "authentication failed"},
 		{"silent after hello", nil, "handshake timeout"},

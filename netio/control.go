@@ -19,16 +19,21 @@ const (
 	ctlHello     ids.GroupID = 0 // first frame in each direction; body = hello
 	ctlKeepalive ids.GroupID = 1 // empty body; proves the peer is alive on an idle link
 	ctlProof     ids.GroupID = 2 // second frame each way with a cluster secret; body = proof
+	// ctlAdmitted: empty body; the sender's AdmitPeer accepted our incarnation. Each
+	// side sends it once, as its first frame after it established the connection.
+	ctlAdmitted ids.GroupID = 3
 )
 
 // ProtocolVersion is the handshake protocol spoken in the Hello. A peer announcing a
 // different one is refused: the protocol version, not the frame version, is where
 // changes to the meaning of control frames or message types are negotiated.
 //
-// Version 2 added the nonce, the authentication mode and the proof frame. A version 1
-// peer is refused by name ("unsupported protocol version") in both directions: the
-// version 2 Hello keeps the version 1 field order and types for its first four fields.
-const ProtocolVersion uint32 = 2
+// Version 2 added the nonce, the authentication mode and the proof frame. Version 3
+// added the incarnation to the Hello (and to the MAC) and the admitted control frame.
+// A peer of an older version is refused by name ("unsupported protocol version") in
+// both directions: each version keeps the field order and types of the one before for
+// the fields they share, so the version field is always where an old peer looks.
+const ProtocolVersion uint32 = 3
 
 // Authentication modes announced in the Hello. Both sides must announce the same one:
 // a side with a secret never accepts a peer that offers none, so the mode cannot be
@@ -43,7 +48,7 @@ const (
 const (
 	helloFrameBytesMax = 1024 // any frame on the wire before the handshake completes
 	helloFieldsMax     = 16   // array length; room for later fields, not for abuse
-	helloFields        = 5    // fields of a protocol 2 Hello
+	helloFields        = 6    // fields of a protocol 3 Hello
 	proofFieldsMax     = helloFieldsMax
 
 	nonceBytes = 32 // per connection and side; 256 bits never repeat by chance
@@ -51,9 +56,10 @@ const (
 )
 
 // hello is the handshake message. On the wire it is a msgpack array
-// [protocol, clusterID, nodeID, nonce, auth]. Protocol comes first so that a later
-// version can change the rest of the layout and still be recognised and refused
-// cleanly. Fields after the fifth are ignored, so a later protocol may append fields.
+// [protocol, clusterID, nodeID, nonce, auth, incarnation]. Protocol comes first so that
+// a later version can change the rest of the layout and still be recognised and
+// refused cleanly. Fields after the sixth are ignored, so a later protocol may append
+// fields.
 type hello struct {
 	Protocol  uint32
 	ClusterID uint64
@@ -63,6 +69,10 @@ type hello struct {
 	Nonce [nonceBytes]byte
 	// Auth is the sender's authentication mode (authNone, authHMACSHA256).
 	Auth uint8
+	// Incarnation is the sender's Options.Incarnation: the identity of its store, so
+	// that a node back under its old ID with a wiped disk can be told from the old
+	// one. Zero means unknown. With a secret both proofs cover it.
+	Incarnation uint64
 }
 
 func encodeHello(h hello) []byte {
@@ -75,13 +85,15 @@ func encodeHello(h hello) []byte {
 	_ = enc.EncodeUint(uint64(h.NodeID))
 	_ = enc.EncodeBytes(h.Nonce[:])
 	_ = enc.EncodeUint(uint64(h.Auth))
+	_ = enc.EncodeUint(h.Incarnation)
 	return buf.Bytes()
 }
 
 // appendHelloFrame returns a whole Hello frame ready to be written.
 func appendHelloFrame(dst []byte, clusterID uint64, self ids.NodeID, nonce *[nonceBytes]byte,
-	auth uint8) []byte {
-	h := hello{Protocol: ProtocolVersion, ClusterID: clusterID, NodeID: self, Nonce: *nonce, Auth: auth}
+	auth uint8, incarnation uint64) []byte {
+	h := hello{Protocol: ProtocolVersion, ClusterID: clusterID, NodeID: self, Nonce: *nonce, Auth: auth,
+		Incarnation: incarnation}
 	return AppendFrame(dst, clusterID, ctlHello, TypeControl, encodeHello(h))
 }
 
@@ -138,7 +150,15 @@ func decodeHello(body []byte) (hello, error) {
 		return hello{}, helloErr("auth", fmt.Errorf("value %d", auth))
 	}
 	h.Auth = uint8(auth)
+	if h.Incarnation, err = dec.DecodeUint64(); err != nil {
+		return hello{}, helloErr("incarnation", err)
+	}
 	return h, nil
+}
+
+// appendAdmittedFrame appends the admitted control frame (empty body).
+func appendAdmittedFrame(dst []byte, clusterID uint64) []byte {
+	return AppendFrame(dst, clusterID, ctlAdmitted, TypeControl, nil)
 }
 
 // proof is the second handshake frame each way when a cluster secret is set: a msgpack

@@ -6,7 +6,7 @@
 // # Frames
 //
 // Every frame is [u32 length][u8 version][u64 cluster][u32 group][u8 type][body]
-// (frame.go). Type 0 is netio's own (Hello, proof, keepalive); types 1..255 belong to
+// (frame.go). Type 0 is netio's own (Hello, proof, admitted, keepalive); types 1..255 belong to
 // the engine and reach the Handler with the group they were sent in. A frame that fails a
 // check (length over MaxFrameBytes or under the header, unknown version, another
 // cluster, a frame out of place) closes its connection with a logged reason and never
@@ -19,12 +19,14 @@
 // With a ClusterSecret the handshake is a mutual challenge-response (control.go,
 // auth.go); D is the dialer, A the acceptor:
 //
-//	D -> A  Hello {protocol, cluster, node D, nonce D, auth}
-//	A -> D  Hello {protocol, cluster, node A, nonce A, auth}, Proof{MAC_A}
-//	D -> A  Proof{MAC_D}, then engine frames
+//	D -> A  Hello {protocol, cluster, node D, nonce D, auth, incarnation D}
+//	A -> D  Hello {protocol, cluster, node A, nonce A, auth, incarnation A}, Proof{MAC_A}
+//	D -> A  Proof{MAC_D}, Admitted, then engine frames
+//	A -> D  Admitted, then engine frames
 //
 //	MAC_x = HMAC-SHA256(secret, "multipaxos-netio-v1\x00" | label_x | cluster |
-//	                    node D | node A | nonce D | nonce A)
+//	                    node D | node A | nonce D | nonce A |
+//	                    incarnation D | incarnation A)
 //
 // with label_A = "acceptor->dialer", label_D = "dialer->acceptor" and integers as
 // big-endian u64. Nonces are 32 bytes from crypto/rand, fresh per connection and side.
@@ -40,9 +42,12 @@
 //     because A's nonce differs. The labels differ, so neither side's proof can be
 //     reflected back as the other's; both node IDs and the cluster are covered, so a
 //     proof is good for one pair in one cluster on one connection only.
+//   - Both incarnations are covered too, so whoever can alter a Hello on the path
+//     cannot plant a false incarnation (which would make peers refuse the real node).
 //
 // A side is established (the peer registered, its frames delivered to the Handler,
-// frames queued for it flushed) only after the peer's proof verified (hmac.Equal).
+// frames queued for it flushed) only after the peer's proof verified (hmac.Equal) and
+// AdmitPeer accepted the peer's incarnation (see below).
 // Until then frames are limited to 1 KiB and must be exactly the handshake frame due;
 // anything else, a malformed or failing proof, or not finishing within
 // HandshakeTimeout closes the connection, counted in Stats.ConnsRefused (and
@@ -53,12 +58,39 @@
 // handshake, nothing is authenticated and there are no proofs. The Hello carries the
 // auth mode so that the two sides agree: a node with a secret and one without refuse
 // each other ("authentication mismatch"), never falling back to no authentication.
-// A peer of another protocol version (version 1 had no nonce and no proof) is refused
-// by name in both directions.
+// A peer of another protocol version (version 1 had no nonce and no proof, version 2
+// no incarnation) is refused by name in both directions.
 //
 // This authenticates the peer at connect time; it does not encrypt or protect the
 // frames after the handshake, so an attacker on the path can still read or alter
 // traffic. Run peers on a private network or through a tunnel (WireGuard, stunnel).
+//
+// # Incarnations
+//
+// Each node's store has a random 64-bit incarnation (Options.Incarnation, 0 for
+// unknown), chosen when the store is created. A node back under its old NodeID with a
+// wiped disk has a new one, and has forgotten its Paxos promises: peers that knew the
+// old incarnation must refuse it. netio only carries and checks it: every Hello
+// carries the sender's, and Options.AdmitPeer judges the peer's once per connection,
+// after the peer authenticated (its proof verified; without a secret, its Hello
+// passed the checks) and before the connection is established. The dialer asks
+// before it sends its own proof, and without a secret the acceptor asks before it
+// answers the Hello, so a refused peer gets nothing. A refusal closes the connection
+// and is logged at Error level (an operator must act) with both incarnations, and
+// counted in Stats.PeersRefused; the peer keeps redialing with backoff and is asked
+// each time. With a secret the proofs cover both incarnations; without one nothing,
+// the incarnation included, is authenticated.
+//
+// Each side that established the connection sends Admitted (empty body, once per
+// connection) as its first frame after the handshake; receiving it calls
+// Options.OnAdmitted, which is how a node with a fresh store learns which peers have
+// accepted it. The dialer establishes before the acceptor has checked its proof, so to
+// the dialer the acceptor's Admitted is an ordinary control frame on an established
+// connection; it may never come, if the acceptor refuses. Admitted before the
+// handshake completes, a second one, or one with a body closes the connection.
+//
+// Incarnation checks are TCP-only: MemNetwork has no handshake, so it neither carries
+// incarnations nor calls AdmitPeer or OnAdmitted.
 //
 // If a peer connects again while its old connection still looks alive, the newer one
 // wins (the old one is most likely half-open from before a restart); with a secret
@@ -70,8 +102,9 @@
 // connections this node dials, by default on a single event loop (EventLoops for
 // more). Per goroutine:
 //
-//   - Event loop(s): OnOpen, OnTraffic, OnClose, the flush tasks and the Handler. The
-//     loop decodes frames and calls the Handler, which must not block. With one loop,
+//   - Event loop(s): OnOpen, OnTraffic, OnClose, the flush tasks, the Handler,
+//     AdmitPeer and OnAdmitted. The loop decodes frames and calls the Handler, which
+//     must not block (AdmitPeer may, briefly: it is rare, once per connection). With one loop,
 //     all network work of the node is serial; with several, the Handler runs
 //     concurrently on each.
 //   - Any goroutine: Send, Stats, Connected and Close (Close not from the Handler).

@@ -123,34 +123,40 @@ func testNonce(seed byte) (n [nonceBytes]byte) {
 }
 
 func TestHelloRoundTrip(t *testing.T) {
-	in := hello{Protocol: ProtocolVersion, ClusterID: 1 << 60, NodeID: 42, Nonce: testNonce(7), Auth: authHMACSHA256}
-	out, err := decodeHello(encodeHello(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out != in {
-		t.Fatalf("got %+v, want %+v", out, in)
+	for _, inc := range []uint64{0, 1, 0xdeadbeefcafe, 1<<64 - 1} {
+		in := hello{Protocol: ProtocolVersion, ClusterID: 1 << 60, NodeID: 42, Nonce: testNonce(7),
+			Auth: authHMACSHA256, Incarnation: inc}
+		out, err := decodeHello(encodeHello(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != in {
+			t.Fatalf("got %+v, want %+v", out, in)
+		}
 	}
 	// A later protocol may append fields; they are ignored.
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
 	nonce := testNonce(1)
-	_ = enc.EncodeArrayLen(7)
+	_ = enc.EncodeArrayLen(8)
 	_ = enc.EncodeUint(uint64(ProtocolVersion))
 	_ = enc.EncodeUint(5)
 	_ = enc.EncodeUint(6)
 	_ = enc.EncodeBytes(nonce[:])
 	_ = enc.EncodeUint(0)
+	_ = enc.EncodeUint(77)
 	_ = enc.EncodeString("future")
 	_ = enc.EncodeUint(99)
-	if h, err := decodeHello(buf.Bytes()); err != nil || h.NodeID != 6 || h.ClusterID != 5 || h.Nonce != nonce {
+	if h, err := decodeHello(buf.Bytes()); err != nil || h.NodeID != 6 || h.ClusterID != 5 || h.Nonce != nonce ||
+		h.Incarnation != 77 {
 		t.Fatalf("extended hello: %+v, %v", h, err)
 	}
 }
 
 // A peer of another protocol version is decoded only as far as the version, so the
 // transport can refuse it by name whatever the rest of its Hello looks like: here a
-// real version 1 Hello ([1, cluster, node, auth bytes]) and a future one.
+// real version 1 Hello ([1, cluster, node, auth bytes]), a real version 2 one
+// ([2, cluster, node, nonce, auth], no incarnation) and a future one.
 func TestDecodeHelloOtherProtocol(t *testing.T) {
 	enc := func(f func(e *msgpack.Encoder)) []byte {
 		var buf bytes.Buffer
@@ -164,12 +170,21 @@ func TestDecodeHelloOtherProtocol(t *testing.T) {
 		_ = e.EncodeUint(2)
 		_ = e.EncodeBytes(nil)
 	})
-	v3 := enc(func(e *msgpack.Encoder) {
+	v2 := enc(func(e *msgpack.Encoder) {
+		n := testNonce(4)
+		_ = e.EncodeArrayLen(5)
+		_ = e.EncodeUint(2)
+		_ = e.EncodeUint(7)
+		_ = e.EncodeUint(2)
+		_ = e.EncodeBytes(n[:])
+		_ = e.EncodeUint(uint64(authHMACSHA256))
+	})
+	v4 := enc(func(e *msgpack.Encoder) {
 		_ = e.EncodeArrayLen(2)
-		_ = e.EncodeUint(3)
+		_ = e.EncodeUint(4)
 		_ = e.EncodeString("something else entirely")
 	})
-	for name, b := range map[string][]byte{"v1": v1, "v3": v3} {
+	for name, b := range map[string][]byte{"v1": v1, "v2": v2, "v4": v4} {
 		h, err := decodeHello(b)
 		if err != nil || h.Protocol == ProtocolVersion || h.ClusterID != 0 || h.NodeID != 0 {
 			t.Fatalf("%s: %+v, %v", name, h, err)
@@ -183,7 +198,7 @@ func TestDecodeHelloRejects(t *testing.T) {
 		f(msgpack.NewEncoder(&buf))
 		return buf.Bytes()
 	}
-	head := func(e *msgpack.Encoder) { // a valid v2 Hello up to the nonce
+	head := func(e *msgpack.Encoder) { // a valid v3 Hello up to the nonce
 		_ = e.EncodeArrayLen(helloFields)
 		_ = e.EncodeUint(uint64(ProtocolVersion))
 		_ = e.EncodeUint(1)
@@ -194,6 +209,15 @@ func TestDecodeHelloRejects(t *testing.T) {
 			head(e)
 			_ = e.EncodeBytes(nonce)
 			_ = e.EncodeUint(1)
+			_ = e.EncodeUint(9)
+		})
+	}
+	withIncarnation := func(f func(e *msgpack.Encoder)) []byte {
+		return enc(func(e *msgpack.Encoder) {
+			head(e)
+			_ = e.EncodeBytes(make([]byte, 32))
+			_ = e.EncodeUint(1)
+			f(e)
 		})
 	}
 	valid := encodeHello(hello{Protocol: ProtocolVersion, ClusterID: 1, NodeID: 2, Nonce: testNonce(3)})
@@ -207,8 +231,25 @@ func TestDecodeHelloRejects(t *testing.T) {
 		"huge array":             {0xdd, 0xff, 0xff, 0xff, 0xff},
 		"truncated":              valid[:3],
 		"truncated in the nonce": valid[:len(valid)-10],
-		"no auth field":          valid[:len(valid)-1],
-		"v2 with four fields": enc(func(e *msgpack.Encoder) {
+		"no incarnation field":   valid[:len(valid)-1],
+		"no auth field":          valid[:len(valid)-2],
+		// A version 2 layout under the current version number: the incarnation is missing.
+		"five fields": enc(func(e *msgpack.Encoder) {
+			_ = e.EncodeArrayLen(5)
+			_ = e.EncodeUint(uint64(ProtocolVersion))
+			_ = e.EncodeUint(1)
+			_ = e.EncodeUint(2)
+			_ = e.EncodeBytes(make([]byte, 32))
+			_ = e.EncodeUint(1)
+		}),
+		"incarnation is a string": withIncarnation(func(e *msgpack.Encoder) { _ = e.EncodeString("12345678") }),
+		"incarnation is bin":      withIncarnation(func(e *msgpack.Encoder) { _ = e.EncodeBytes(make([]byte, 8)) }),
+		"incarnation is a float":  withIncarnation(func(e *msgpack.Encoder) { _ = e.EncodeFloat64(1.5) }),
+		"incarnation truncated": func() []byte {
+			b := withIncarnation(func(e *msgpack.Encoder) { _ = e.EncodeUint(1 << 63) })
+			return b[:len(b)-3]
+		}(),
+		"current version with four fields": enc(func(e *msgpack.Encoder) {
 			_ = e.EncodeArrayLen(4)
 			_ = e.EncodeUint(uint64(ProtocolVersion))
 			_ = e.EncodeUint(1)
@@ -240,11 +281,13 @@ func TestDecodeHelloRejects(t *testing.T) {
 			head(e)
 			_ = e.EncodeBytes(make([]byte, 32))
 			_ = e.EncodeUint(256)
+			_ = e.EncodeUint(0)
 		}),
 		"auth negative": enc(func(e *msgpack.Encoder) {
 			head(e)
 			_ = e.EncodeBytes(make([]byte, 32))
 			_ = e.EncodeInt(-1)
+			_ = e.EncodeUint(0)
 		}),
 	}
 	for name, b := range cases {
@@ -326,7 +369,8 @@ func TestDecodeProofRejects(t *testing.T) {
 func TestHandshakeMAC(t *testing.T) {
 	secret := []byte("0123456789abcdef")
 	dn, an := testNonce(10), testNonce(100)
-	got := handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &dn, &an)
+	const di, ai = 0x1112131415161718, 0x2122232425262728
+	got := handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &dn, &an, di, ai)
 
 	msg := []byte("multipaxos-netio-v1\x00dialer->acceptor")
 	msg = append(msg, 1, 2, 3, 4, 5, 6, 7, 8)
@@ -334,6 +378,8 @@ func TestHandshakeMAC(t *testing.T) {
 	msg = append(msg, 0, 0, 0, 0, 0, 0, 0, 9)
 	msg = append(msg, dn[:]...)
 	msg = append(msg, an[:]...)
+	msg = append(msg, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18)
+	msg = append(msg, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28)
 	m := hmac.New(sha256.New, secret)
 	m.Write(msg)
 	if want := m.Sum(nil); !bytes.Equal(got[:], want) {
@@ -344,12 +390,16 @@ func TestHandshakeMAC(t *testing.T) {
 	}
 
 	variants := map[string][proofBytes]byte{
-		"other label":    handshakeMAC(secret, labelAcceptor, 0x0102030405060708, 3, 9, &dn, &an),
-		"other secret":   handshakeMAC([]byte("0123456789abcdeX"), labelDialer, 0x0102030405060708, 3, 9, &dn, &an),
-		"other cluster":  handshakeMAC(secret, labelDialer, 0x0102030405060709, 3, 9, &dn, &an),
-		"other dialer":   handshakeMAC(secret, labelDialer, 0x0102030405060708, 4, 9, &dn, &an),
-		"ids swapped":    handshakeMAC(secret, labelDialer, 0x0102030405060708, 9, 3, &dn, &an),
-		"nonces swapped": handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &an, &dn),
+		"other label":                handshakeMAC(secret, labelAcceptor, 0x0102030405060708, 3, 9, &dn, &an, di, ai),
+		"other secret":               handshakeMAC([]byte("0123456789abcdeX"), labelDialer, 0x0102030405060708, 3, 9, &dn, &an, di, ai),
+		"other cluster":              handshakeMAC(secret, labelDialer, 0x0102030405060709, 3, 9, &dn, &an, di, ai),
+		"other dialer":               handshakeMAC(secret, labelDialer, 0x0102030405060708, 4, 9, &dn, &an, di, ai),
+		"ids swapped":                handshakeMAC(secret, labelDialer, 0x0102030405060708, 9, 3, &dn, &an, di, ai),
+		"nonces swapped":             handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &an, &dn, di, ai),
+		"other dialer incarnation":   handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &dn, &an, di+1, ai),
+		"other acceptor incarnation": handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &dn, &an, di, ai^1<<63),
+		"incarnations swapped":       handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &dn, &an, ai, di),
+		"incarnations zero":          handshakeMAC(secret, labelDialer, 0x0102030405060708, 3, 9, &dn, &an, 0, 0),
 	}
 	for name, v := range variants {
 		if v == got {
@@ -388,10 +438,13 @@ func FuzzDecodeFrame(f *testing.F) {
 
 // FuzzDecodeHello: the Hello decoder faces unauthenticated input; it must never panic
 // and whatever it accepts must survive a round trip. The seed corpus in
-// testdata/fuzz/FuzzDecodeHello has version 1 Hellos (an old peer) and version 2 ones.
+// testdata/fuzz/FuzzDecodeHello has version 1 and 2 Hellos (old peers) and version 3
+// ones.
 func FuzzDecodeHello(f *testing.F) {
 	f.Add(encodeHello(hello{Protocol: ProtocolVersion, ClusterID: 3, NodeID: 4}))
 	f.Add(encodeHello(hello{Protocol: ProtocolVersion, ClusterID: 3, NodeID: 4, Nonce: testNonce(9), Auth: 1}))
+	f.Add(encodeHello(hello{Protocol: ProtocolVersion, ClusterID: 3, NodeID: 4, Nonce: testNonce(9), Auth: 1,
+		Incarnation: 0x8877665544332211}))
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHello(b)

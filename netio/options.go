@@ -38,6 +38,35 @@ type Options struct {
 	Peers map[ids.NodeID]string
 	// Handler receives every accepted engine frame (type >= 1). Required.
 	Handler Handler
+
+	// Incarnation identifies this node's store: random, chosen when the store was
+	// created, so that a node back under its old NodeID with an empty disk (having
+	// forgotten its promises) differs from the node its peers knew. It is sent in every
+	// Hello and, with a ClusterSecret, covered by both proofs. Zero means unknown (tests
+	// that do not care). Only TCPTransport carries it; MemNetwork has no handshake.
+	Incarnation uint64
+	// AdmitPeer decides whether a peer may connect, given the incarnation its Hello
+	// announced. It is called once per connection, after the peer is authenticated
+	// (with a ClusterSecret: once its proof verified; without: once its Hello passed
+	// the checks) and before the connection is established: before any engine frame
+	// of the peer reaches the Handler, before anything queued for it is sent and, on
+	// the dialing side, before this node sends its own proof, so a refused peer gets
+	// nothing. A non-nil error refuses the connection: it is logged at Error level
+	// with the peer, both incarnations and the error, and counted in
+	// Stats.ConnsRefused and Stats.PeersRefused. The peer will reconnect and be asked
+	// again. nil admits every peer.
+	//
+	// It runs on an event loop, so it stalls every connection of that loop while it
+	// runs. It may block briefly (a synced disk write on the first sight of a peer,
+	// which is rare); it must not wait on the network, on Send's peers or on Close.
+	// With EventLoops > 1 it may be called concurrently.
+	AdmitPeer func(peer ids.NodeID, incarnation uint64) error
+	// OnAdmitted is called when the peer tells us, on an established connection, that
+	// its AdmitPeer accepted this node's Incarnation (the admitted control frame; each
+	// side sends it once per connection, right after establishing). It is called at
+	// most once per connection, possibly again on every reconnect. It runs on an event
+	// loop and must not block. nil = not told.
+	OnAdmitted func(peer ids.NodeID)
 	// Logger receives connection-level events (refusals with reason and remote
 	// address, connects, disconnects). nil = no logging. gnet logs through
 	// Logger.Named("gnet"); note that gnet's logger is process-global, so with several

@@ -71,6 +71,8 @@ type connState struct {
 	stage     handshakeStage   // the handshake frame due next
 	nonce     [nonceBytes]byte // ours on this connection
 	peerNonce [nonceBytes]byte // from the peer's Hello
+	// peerIncarnation is the peer's Incarnation from its Hello; AdmitPeer judges it.
+	peerIncarnation uint64
 	// claimed is the node ID the peer's Hello named (0 before it), for the logs of a
 	// refusal; atomic because the ticker's handshake timeout logs it too.
 	claimed atomic.Uint64
@@ -81,6 +83,10 @@ type connState struct {
 	established atomic.Bool  // the handshake completed (and the peer's proof verified)
 	lastRecv    atomic.Int64 // unix nanos of the last OnTraffic, for the idle sweep
 	closed      chan struct{}
+
+	// peerAdmitted: the peer sent ctlAdmitted on this connection (its AdmitPeer
+	// accepted us). Set on the loop; the dialer reads it after the connection closed.
+	peerAdmitted atomic.Bool
 }
 
 // handshakeStage is the frame a connection must receive next before it is established.
@@ -104,7 +110,8 @@ func (s handshakeStage) String() string {
 // pending, schedules exactly one flush task on the connection's event loop. The task
 // takes the whole buffer and writes it with one Conn.Write, so frames sent while a
 // flush was pending share its syscall. All writes to a connection happen on its loop
-// (OnOpen's Hello, the acceptor's Hello and proof, the dialer's proof, flush tasks),
+// (OnOpen's Hello, the acceptor's Hello and proof, the dialer's proof, the admitted
+// frame each side writes as it establishes, flush tasks),
 // which is one send path and therefore one order.
 type peer struct {
 	t     *TCPTransport

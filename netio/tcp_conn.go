@@ -58,7 +58,7 @@ func (h *loopHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		// The dialer speaks first; the acceptor answers only a valid Hello, so a
 		// stranger learns nothing about this node before claiming to be a member.
 		newNonce(&cs.nonce)
-		return appendHelloFrame(nil, t.opts.ClusterID, t.opts.NodeID, &cs.nonce, t.auth), gnet.None
+		return appendHelloFrame(nil, t.opts.ClusterID, t.opts.NodeID, &cs.nonce, t.auth, t.opts.Incarnation), gnet.None
 	}
 	return nil, gnet.None
 }
@@ -93,10 +93,11 @@ func (h *loopHandler) OnClose(c gnet.Conn, err error) gnet.Action {
 		case !cs.outbound && cs.stage == stageProof:
 			// We answered a member's Hello with our proof and it hung up instead of
 			// sending its own: most likely it refused ours, so it holds another
-			// secret. Only the dialer can tell, so say here where to look.
+			// secret, or its AdmitPeer refused our incarnation. Only the dialer can
+			// tell, so say here where to look.
 			t.log.Warn("peer closed the connection during the handshake, before proving the cluster secret",
 				zap.Uint64("claimed", cs.claimed.Load()), zap.String("remote", cs.remote),
-				zap.String("hint", "check that both nodes have the same ClusterSecret; the peer's log says why"),
+				zap.String("hint", "check that both nodes have the same ClusterSecret, and whether the peer refused this node's incarnation; the peer's log says why"),
 				zap.Error(err))
 		case cs.outbound:
 			// The acceptor logs why it refused; here only the fact is worth a line.
@@ -155,6 +156,17 @@ func (h *loopHandler) OnTraffic(c gnet.Conn) gnet.Action {
 				return t.reject(cs, "second hello", ErrUnexpectedFrame)
 			case ctlProof:
 				return t.reject(cs, "proof after the handshake", ErrUnexpectedFrame)
+			case ctlAdmitted:
+				if len(body) != 0 {
+					return t.reject(cs, "admitted frame with a body", ErrUnexpectedFrame)
+				}
+				if cs.peerAdmitted.Load() {
+					return t.reject(cs, "second admitted frame", ErrUnexpectedFrame)
+				}
+				cs.peerAdmitted.Store(true)
+				if t.opts.OnAdmitted != nil {
+					t.opts.OnAdmitted(cs.peer.id)
+				}
 			}
 			// Keepalives only refresh lastRecv. Unknown control frames are ignored
 			// so that a later protocol can add some without breaking this one.
@@ -170,12 +182,18 @@ func (h *loopHandler) OnTraffic(c gnet.Conn) gnet.Action {
 // onHandshake takes a frame of a connection that is not established yet. The order
 // is fixed (see the package documentation):
 //
-//	dialer -> acceptor  Hello{protocol, cluster, node, nonce D, auth}
-//	acceptor -> dialer  Hello{protocol, cluster, node, nonce A, auth}, Proof(acceptor label)
-//	dialer -> acceptor  Proof(dialer label), then engine frames
+//	dialer -> acceptor  Hello{protocol, cluster, node, nonce D, auth, incarnation D}
+//	acceptor -> dialer  Hello{protocol, cluster, node, nonce A, auth, incarnation A}, Proof(acceptor label)
+//	dialer -> acceptor  Proof(dialer label), Admitted, then engine frames
+//	acceptor -> dialer  Admitted, then engine frames
 //
-// Without a cluster secret on both sides there are no proofs and the Hellos complete
-// the handshake. Anything out of this order closes the connection.
+// Each side asks AdmitPeer about the peer's incarnation once the peer's proof verified
+// and sends Admitted as it establishes; the dialer establishes first, so the
+// acceptor's Admitted is an ordinary post-handshake control frame to it. Without a
+// cluster secret on both sides there are no proofs: the Hellos complete the handshake
+// (the acceptor admits the dialer before it answers with its Hello and Admitted, the
+// dialer admits the acceptor on its Hello). Anything out of this order closes the
+// connection.
 func (t *TCPTransport) onHandshake(c gnet.Conn, cs *connState, hdr FrameHeader, body []byte) gnet.Action {
 	switch {
 	case hdr.Type != TypeControl:
@@ -188,8 +206,9 @@ func (t *TCPTransport) onHandshake(c gnet.Conn, cs *connState, hdr FrameHeader, 
 }
 
 // onHello checks the peer's Hello. On the accepting side it answers with this node's
-// Hello and, with a secret, its proof. Without a secret either side is now
-// established; with one, each waits for the peer's proof.
+// Hello and, with a secret, its proof. Without a secret the Hello is all the peer will
+// show: it is admitted (AdmitPeer) or refused here, and on admission either side is
+// established; with a secret, each waits for the peer's proof.
 func (t *TCPTransport) onHello(c gnet.Conn, cs *connState, body []byte) gnet.Action {
 	hl, err := decodeHello(body)
 	if err != nil {
@@ -224,18 +243,31 @@ func (t *TCPTransport) onHello(c gnet.Conn, cs *connState, body []byte) gnet.Act
 			zap.Bool("secret_set", t.auth != authNone), zap.Uint8("peer_auth", hl.Auth))
 	}
 	cs.peerNonce = hl.Nonce
+	cs.peerIncarnation = hl.Incarnation
+	cs.peer = p // outbound: already p
+	if t.auth == authNone {
+		// Refused here, the acceptor has not even answered the Hello.
+		if act := t.admit(cs); act != gnet.None {
+			return act
+		}
+	}
+	var reply []byte
 	if !cs.outbound {
-		cs.peer = p
 		newNonce(&cs.nonce)
-		reply := appendHelloFrame(nil, t.opts.ClusterID, t.opts.NodeID, &cs.nonce, t.auth)
+		reply = appendHelloFrame(nil, t.opts.ClusterID, t.opts.NodeID, &cs.nonce, t.auth, t.opts.Incarnation)
 		if t.auth != authNone {
 			// The acceptor proves first: the dialer then gives out a proof only to a
 			// node that holds the secret, never to whoever it reached.
 			reply = appendProofFrame(reply, t.opts.ClusterID, t.proofFor(cs, labelAcceptor))
 		}
-		if _, err := c.Write(reply); err != nil {
-			return gnet.Close // gnet has closed c already; OnClose ran
-		}
+	}
+	if t.auth == authNone {
+		// Admitted goes out before establish schedules any flush, so it is the first
+		// frame after the Hellos.
+		reply = appendAdmittedFrame(reply, t.opts.ClusterID)
+	}
+	if _, err := c.Write(reply); err != nil {
+		return gnet.Close // gnet has closed c already; OnClose ran
 	}
 	if t.auth == authNone {
 		t.establish(c, cs, p)
@@ -245,9 +277,11 @@ func (t *TCPTransport) onHello(c gnet.Conn, cs *connState, body []byte) gnet.Act
 	return gnet.None
 }
 
-// onProof verifies the peer's proof. The dialer answers a good one with its own; both
-// sides are established once the peer's proof verified, so no engine frame is
-// accepted from, or sent to, a peer that has not proved the secret on this connection.
+// onProof verifies the peer's proof and asks AdmitPeer about the peer's incarnation.
+// The dialer answers an admitted peer with its own proof; both sides are established
+// once the peer's proof verified and AdmitPeer agreed, so no engine frame is accepted
+// from, or sent to, a peer that has not proved the secret on this connection or whose
+// incarnation is refused. Each side's Admitted frame follows right away.
 func (t *TCPTransport) onProof(c gnet.Conn, cs *connState, body []byte) gnet.Action {
 	pr, err := decodeProof(body)
 	if err != nil {
@@ -262,15 +296,42 @@ func (t *TCPTransport) onProof(c gnet.Conn, cs *connState, body []byte) gnet.Act
 		t.stats.authFailures.Add(1)
 		return t.refuse(cs, "authentication failed", zap.Error(ErrAuthFailed))
 	}
+	if act := t.admit(cs); act != gnet.None {
+		return act // a dialer's proof is not sent yet: a refused acceptor gets nothing
+	}
+	var reply []byte
 	if cs.outbound {
-		// Written before establish schedules any flush, and on this loop like every
-		// write to c, so the acceptor reads the proof before the first engine frame.
-		if _, err := c.Write(appendProofFrame(nil, t.opts.ClusterID, t.proofFor(cs, labelDialer))); err != nil {
-			return gnet.Close
-		}
+		reply = appendProofFrame(nil, t.opts.ClusterID, t.proofFor(cs, labelDialer))
+	}
+	// Written before establish schedules any flush, and on this loop like every write
+	// to c, so the peer reads the proof and Admitted before the first engine frame.
+	if _, err := c.Write(appendAdmittedFrame(reply, t.opts.ClusterID)); err != nil {
+		return gnet.Close
 	}
 	t.establish(c, cs, cs.peer)
 	return gnet.None
+}
+
+// admit asks Options.AdmitPeer whether the authenticated peer of cs, with the
+// incarnation its Hello announced, may connect. A refusal is an operator's problem
+// (most likely a node back under its old ID with a wiped disk), so it is logged at
+// Error level, not Warn, and counted in PeersRefused.
+func (t *TCPTransport) admit(cs *connState) gnet.Action {
+	if t.opts.AdmitPeer == nil {
+		return gnet.None
+	}
+	err := t.opts.AdmitPeer(cs.peer.id, cs.peerIncarnation)
+	if err == nil {
+		return gnet.None
+	}
+	cs.refused.Store(true)
+	t.stats.connsRefused.Add(1)
+	t.stats.peersRefused.Add(1)
+	t.log.Error("refused connection", zap.String("reason", "peer not admitted"),
+		zap.Uint64("peer", uint64(cs.peer.id)), zap.Uint64("peer_incarnation", cs.peerIncarnation),
+		zap.Uint64("incarnation", t.opts.Incarnation), zap.String("remote", cs.remote),
+		zap.Bool("outbound", cs.outbound), zap.Error(err))
+	return gnet.Close
 }
 
 // dialsUs reports whether p is the side that dials this node.

@@ -18,7 +18,10 @@ import (
 //
 // Backoff doubles from ReconnectMin to ReconnectMax after every failed attempt
 // (connect, register or handshake), with jitter so that nodes restarted together do
-// not redial in lockstep; a connection that completed its handshake resets it.
+// not redial in lockstep; a connection on which the peer admitted this node (it sent
+// ctlAdmitted) resets it. A connection the peer refused after this side established
+// it (the acceptor's AdmitPeer said no) counts as failed, so a refused node does not
+// redial every ReconnectMin.
 func (t *TCPTransport) dialLoop(p *peer) {
 	defer t.dialWG.Done()
 	step := t.opts.ReconnectMin
@@ -45,7 +48,7 @@ func (t *TCPTransport) dialLoop(p *peer) {
 			case <-t.ctx.Done():
 				return
 			}
-			if cs.established.Load() {
+			if cs.peerAdmitted.Load() {
 				step, failures = t.opts.ReconnectMin, 0
 			}
 		}

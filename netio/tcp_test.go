@@ -433,7 +433,8 @@ func rawHelloExchange(t *testing.T, addr string, self, acceptor ids.NodeID, auth
 	if a.proof, err = decodeProof(body); err != nil {
 		t.Fatal(err)
 	}
-	want := handshakeMAC(secret, labelAcceptor, testCluster, self, acceptor, &a.dialerNonce, &a.hello.Nonce)
+	want := handshakeMAC(secret, labelAcceptor, testCluster, self, acceptor, &a.dialerNonce, &a.hello.Nonce,
+		0, a.hello.Incarnation)
 	if a.proof.MAC != want {
 		t.Fatal("acceptor's proof does not verify")
 	}
@@ -442,7 +443,8 @@ func rawHelloExchange(t *testing.T, addr string, self, acceptor ids.NodeID, auth
 
 // dialerProofFrame is the proof a dialer holding secret sends after the exchange a.
 func (a rawAnswer) dialerProofFrame(secret []byte, self ids.NodeID) []byte {
-	mac := handshakeMAC(secret, labelDialer, testCluster, self, a.hello.NodeID, &a.dialerNonce, &a.hello.Nonce)
+	mac := handshakeMAC(secret, labelDialer, testCluster, self, a.hello.NodeID, &a.dialerNonce, &a.hello.Nonce,
+		0, a.hello.Incarnation)
 	return appendProofFrame(nil, testCluster, mac)
 }
 
@@ -485,7 +487,8 @@ func TestTCPRefusesStrangers(t *testing.T) {
 		{"node claims to be the acceptor", helloFrame(testCluster, testCluster, 2, ProtocolVersion), "unknown node id"},
 		{"wrong direction", helloFrame(testCluster, testCluster, 3, ProtocolVersion), "wrong direction"},
 		{"protocol version 1 (old peer)", v1HelloFrame(1), "unsupported protocol version"},
-		{"protocol version 3", helloFrame(testCluster, testCluster, 1, ProtocolVersion+1), "unsupported protocol version"},
+		{"protocol version 2 (old peer)", v2HelloFrame(1), "unsupported protocol version"},
+		{"a later protocol version", helloFrame(testCluster, testCluster, 1, ProtocolVersion+1), "unsupported protocol version"},
 		{"no secret offered", func() []byte {
 			b, _ := rawHello(testCluster, testCluster, 1, ProtocolVersion, authNone)
 			return b
@@ -758,6 +761,9 @@ func TestTCPKeepaliveAndIdleTimeout(t *testing.T) {
 
 	nc := rawHandshake(t, c.peers[2], 1, 2)
 	defer nc.Close()
+	if h, body := readFrame(t, nc); h.Type != TypeControl || h.Group != ctlAdmitted || len(body) != 0 {
+		t.Fatalf("first frame after the handshake %+v, want admitted", h)
+	}
 	for i := 0; i < 3; i++ {
 		if h, body := readFrame(t, nc); h.Type != TypeControl || h.Group != ctlKeepalive || len(body) != 0 {
 			t.Fatalf("idle link carried %+v", h)

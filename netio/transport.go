@@ -44,6 +44,7 @@ type Stats struct {
 	ConnsOpened  uint64 // connections that completed the handshake
 	ConnsRefused uint64 // connections this node closed during the handshake (stranger, bad Hello or proof, timeout)
 	AuthFailures uint64 // of ConnsRefused: the peer's proof did not verify, or only one side has a secret
+	PeersRefused uint64 // of ConnsRefused: Options.AdmitPeer refused the peer (its incarnation)
 	ConnsClosed  uint64 // established connections that closed, for any reason
 	DialFailures uint64 // outbound connects or registrations that failed
 	DecodeErrors uint64 // frames that failed a check; each one closed its connection
@@ -75,7 +76,7 @@ type counters struct {
 	duplicated                                                    atomic.Uint64
 
 	connsOpened, connsRefused, connsClosed, dialFailures, decodeErrors atomic.Uint64
-	authFailures                                                       atomic.Uint64
+	authFailures, peersRefused                                         atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -99,6 +100,7 @@ func (c *counters) snapshot() Stats {
 		ConnsOpened:  c.connsOpened.Load(),
 		ConnsRefused: c.connsRefused.Load(),
 		AuthFailures: c.authFailures.Load(),
+		PeersRefused: c.peersRefused.Load(),
 		ConnsClosed:  c.connsClosed.Load(),
 		DialFailures: c.dialFailures.Load(),
 		DecodeErrors: c.decodeErrors.Load(),
