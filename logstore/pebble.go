@@ -29,6 +29,7 @@ type PebbleStore struct {
 
 	// failed is set once, by the first failed WAL write or fsync (ErrFatal).
 	failed atomic.Pointer[error]
+	ext    storeExt // the Failed channel and the fsync timing
 
 	// The queue between Commit and the committer goroutine.
 	mu         sync.Mutex
@@ -40,6 +41,8 @@ type PebbleStore struct {
 	slots      chan struct{}
 	applied    chan appliedBatch // committer -> completer, in order
 	done       chan struct{}     // closed when the completer has finished
+
+	created bool // Open found no database and made one
 
 	// rw keeps Close from closing the DB under a running read: reads hold it
 	// shared; Close takes it to set closed.
@@ -90,7 +93,7 @@ func Open(dir string, opts Options) (*PebbleStore, error) {
 	s.wake.L = &s.mu
 	s.room.L = &s.mu
 	po := &pebble.Options{
-		FS:                 &syncCountingFS{FS: opts.FS, syncs: &s.syncs},
+		FS:                 &syncCountingFS{FS: opts.FS, syncs: &s.syncs, timing: &s.ext.timing},
 		FormatMajorVersion: pebble.FormatNewest,
 		MemTableSize:       opts.MemTableSize,
 		// Four memtables and a high L0 stop threshold: a write stall is a latency
@@ -103,6 +106,11 @@ func Open(dir string, opts Options) (*PebbleStore, error) {
 		CacheSize:                   opts.CacheSize,
 		Logger:                      pebbleLogger{s: lg.Named("pebble").Sugar()},
 		EventListener:               eventListener(lg.Named("pebble")),
+	}
+	// A directory with nothing in it (or none at all) holds no database:
+	// pebble.Open creates one, and the node must know it (identity.go).
+	if names, err := opts.FS.List(dir); err != nil || len(names) == 0 {
+		s.created = true
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
@@ -349,6 +357,7 @@ func (s *PebbleStore) fail(cause error) error {
 	err := fmt.Errorf("%w: %w", ErrFatal, cause)
 	if s.failed.CompareAndSwap(nil, &err) {
 		s.log.Error("WAL write or fsync failed; store stopped (fail-stop), restart to recover", zap.Error(cause))
+		s.notifyFailed()
 	}
 	return *s.failed.Load()
 }

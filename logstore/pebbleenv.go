@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -12,10 +13,12 @@ import (
 
 // syncCountingFS counts the fsyncs of WAL files at the file system, so
 // Stats.Syncs reports real fsyncs - the number group commit exists to keep low -
-// rather than the number of commits that asked for one.
+// rather than the number of commits that asked for one. It also times them
+// (timing, nil: not timed; synctiming.go).
 type syncCountingFS struct {
 	vfs.FS
-	syncs *atomic.Uint64
+	syncs  *atomic.Uint64
+	timing *syncTiming
 }
 
 func (fs *syncCountingFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
@@ -40,25 +43,30 @@ func (fs *syncCountingFS) wrap(name string, f vfs.File, err error) (vfs.File, er
 	if err != nil || !strings.HasSuffix(fs.PathBase(name), ".log") {
 		return f, err
 	}
-	return &syncCountingFile{File: f, syncs: fs.syncs}, nil
+	return &syncCountingFile{File: f, syncs: fs.syncs, timing: fs.timing}, nil
 }
 
 type syncCountingFile struct {
 	vfs.File
-	syncs *atomic.Uint64
+	syncs  *atomic.Uint64
+	timing *syncTiming
 }
 
 func (f *syncCountingFile) Sync() error {
+	start := time.Now()
 	err := f.File.Sync()
 	if err == nil {
+		f.timing.observe(time.Since(start))
 		f.syncs.Add(1)
 	}
 	return err
 }
 
 func (f *syncCountingFile) SyncData() error {
+	start := time.Now()
 	err := f.File.SyncData()
 	if err == nil {
+		f.timing.observe(time.Since(start))
 		f.syncs.Add(1)
 	}
 	return err
