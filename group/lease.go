@@ -1,6 +1,7 @@
 package group
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -69,6 +70,93 @@ type masterLease struct {
 	claimVersion uint64 // the version the claim expects
 	wanted       bool   // a claim is needed even without queued work (transfer, barrier)
 	active       bool   // application work since our last claim: renew at half-lease
+	// transfer is our TransferMaster waiting for the target's own claim.
+	transfer *transferWait
+	// resign: we were handed mastership we may not take (NotCandidate); drive
+	// proposes a claim of ourselves for no lease as soon as we have our vote.
+	resign bool
+}
+
+// ErrNotCandidate: TransferMaster named a node that may not become master of the
+// group (not a voter, or MasterCandidate false there). The error is a
+// *NotCandidateError.
+var ErrNotCandidate = errors.New("node may not become master")
+
+// ErrTransferFailed: the hand-over of a TransferMaster was chosen but its target did
+// not claim mastership after it (down or cut off, say): another member claimed
+// instead, or the old master gave up waiting (twice forwardRetryTicks).
+var ErrTransferFailed = errors.New("master transfer failed: the target did not take over")
+
+// NotCandidateError is ErrNotCandidate naming the node.
+type NotCandidateError struct {
+	Node ids.NodeID
+	// Voter: the node is a voting member that refused (MasterCandidate false
+	// there); false: it is not a voter of the group, so the master refused.
+	Voter bool
+}
+
+func (e *NotCandidateError) Error() string {
+	if !e.Voter {
+		return fmt.Sprintf("node %d may not become master: not a voting member of the group", e.Node)
+	}
+	return fmt.Sprintf("node %d may not become master: it is not a master candidate of the group; it resigned the mastership handed to it", e.Node)
+}
+
+// Is makes errors.Is(err, ErrNotCandidate) hold.
+func (e *NotCandidateError) Is(target error) bool { return target == ErrNotCandidate }
+
+// transferWait is a TransferMaster on the old master, from its hand-over claim until
+// the next claim that takes effect after it: the target's own (done(nil)), the
+// target's resignation (a *NotCandidateError), or another member's
+// (ErrTransferFailed).
+type transferWait struct {
+	to      ids.NodeID
+	claimID RequestID
+	version uint64 // the master state's version once the hand-over took effect; 0 before
+	started uint64 // the replica's tick at TransferMaster
+	done    func(error)
+}
+
+// tickMasterTransfer gives up on a transfer whose target has not claimed mastership
+// within twice forwardRetryTicks of the transfer (down, cut off, or unable to propose):
+// the caller gets ErrTransferFailed. The group then has a master again once the
+// target's lease ends in the members' views and work elects one.
+func (r *Replica) tickMasterTransfer() {
+	t := r.lease.transfer
+	if t == nil || r.ticks-t.started < uint64(2*r.forwardRetryTicks()) {
+		return
+	}
+	r.lease.transfer = nil
+	t.finish(fmt.Errorf("%w: node %d did not claim mastership within %d ticks of the hand-over", ErrTransferFailed, t.to, r.ticks-t.started))
+}
+
+func (t *transferWait) finish(err error) {
+	if d := t.done; d != nil {
+		t.done = nil
+		d(err)
+	}
+}
+
+// noteTransfer follows a waiting TransferMaster through the claims that take effect.
+func (r *Replica) noteTransfer(c Command, claim statemachine.MasterClaim) {
+	t := r.lease.transfer
+	switch {
+	case t == nil || r.replaying:
+	case c.ID == t.claimID:
+		t.version = r.lease.state.Version // handed over: the target's own claim decides
+	case t.version == 0:
+		// Another claim took effect first: the hand-over's version is stale, and
+		// its notify reports that.
+	case claim.Candidate == t.to && c.ID.Node == t.to && claim.Lease > 0:
+		r.lease.transfer = nil
+		t.finish(nil)
+	case claim.Candidate == t.to && c.ID.Node == t.to:
+		r.lease.transfer = nil
+		t.finish(&NotCandidateError{Node: t.to, Voter: true})
+	default:
+		r.lease.transfer = nil
+		t.finish(fmt.Errorf("%w: node %d; node %d claimed instead", ErrTransferFailed, t.to, claim.Candidate))
+	}
 }
 
 func (l *masterLease) init(cfg *Config) { l.cfg = cfg }
@@ -119,6 +207,8 @@ func (r *Replica) applyClaim(inst ids.InstanceID, c Command) []byte {
 		r.stats.MasterChanges++
 	}
 	l.state = sys.Master
+	l.resign = false
+	r.noteTransfer(c, claim)
 	now := r.cfg.Clock()
 	// Proposals we forwarded to another master are in limbo: that master may have
 	// put them in an instance that a later phase 1 still chooses, or not. Tell
@@ -145,6 +235,13 @@ func (r *Replica) applyClaim(inst ids.InstanceID, c Command) []byte {
 		// claim for ourselves, at once unless this is a replay.
 		l.self, l.expiry = false, time.Time{}
 		l.wanted = !r.replaying
+		// Handed mastership we may not take: resign at once (drive) with a
+		// claim of ourselves for no lease, so that every member sees no master
+		// and the next work elects a candidate, instead of the group waiting out
+		// a lease nobody holds. The transfer's caller gets a *NotCandidateError.
+		// (A member that is not a voter here cannot propose: the transfer times
+		// out on the old master, and the lease runs out.)
+		l.resign = !r.replaying && claim.Lease > 0 && r.cfg.NotCandidate && hasNode(r.members.Voters, r.cfg.Self)
 	default:
 		l.self, l.expiry = false, now.Add(claim.Lease)
 	}
@@ -153,16 +250,21 @@ func (r *Replica) applyClaim(inst ids.InstanceID, c Command) []byte {
 
 // TransferMaster hands mastership to another member without waiting for the lease
 // to run out: the master stops trusting its lease at once and proposes a claim for
-// to; to then claims a lease of its own. done gets the outcome (nil once the
-// transfer is chosen and executed here).
+// to; to then claims a lease of its own. done gets the outcome: nil once to's own
+// claim is executed here; a *NotCandidateError at once if to is not a voter, or
+// once to resigned the mastership because it may not become master (its
+// candidacy is its own configuration, unknown here; the group then has no master
+// until the next work elects a candidate); ErrTransferFailed if another member
+// claimed before to did, or to did not claim within twice forwardRetryTicks;
+// ErrBusy or ErrClaimLost if the hand-over itself was not chosen.
 func (r *Replica) TransferMaster(to ids.NodeID, done func(error)) {
 	now := r.cfg.Clock()
 	switch {
 	case !r.lease.isMaster(now):
 		done(&NotMasterError{Master: r.Master().Master})
 		return
-	case !r.core.IsMember(to):
-		done(ErrNoMaster)
+	case to != r.cfg.Self && !r.core.IsMember(to):
+		done(&NotCandidateError{Node: to})
 		return
 	case to == r.cfg.Self:
 		done(nil)
@@ -175,11 +277,22 @@ func (r *Replica) TransferMaster(to ids.NodeID, done func(error)) {
 	}
 	r.claim(to, now)
 	r.lease.expiry = now // stop serving lease reads now
+	t := &transferWait{to: to, claimID: r.lease.claim.ID, started: r.ticks, done: done}
+	if old := r.lease.transfer; old != nil {
+		old.finish(fmt.Errorf("%w: superseded by a transfer to node %d", ErrTransferFailed, to))
+	}
+	r.lease.transfer = t
 	r.lease.claim.notify = func(res Result, err error) {
 		if err == nil && string(res.Value) != "1" {
 			err = ErrBusy // the master changed meanwhile: the claim's version was stale
 		}
-		done(err)
+		if err != nil {
+			if r.lease.transfer == t {
+				r.lease.transfer = nil
+			}
+			t.finish(err)
+		}
+		// Handed over: noteTransfer reports the target's own claim.
 	}
 	r.drive()
 	r.flush()
@@ -197,5 +310,7 @@ func (r *Replica) SetCandidate(ok bool) {
 	r.cfg.NotCandidate = !ok
 	if !ok {
 		r.lease.active = false
+	} else {
+		r.lease.resign = false // claim for real instead (drive)
 	}
 }

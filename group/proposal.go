@@ -84,8 +84,12 @@ func (p *Proposal) take() bool { return p.state.CompareAndSwap(stateQueued, stat
 // false if its caller gave up (then it is dropped: it was not executed).
 func (p *Proposal) requeue() bool { return p.state.CompareAndSwap(stateProposed, stateQueued) }
 
+// finish settles p once; later calls do nothing (the same command may be
+// settled through two paths, e.g. its original and a copy that came back).
 func (p *Proposal) finish(res Result, err error) {
-	p.state.Store(stateDone)
+	if p.state.Swap(stateDone) == stateDone {
+		return
+	}
 	p.res, p.err = res, err
 	close(p.done)
 	if p.notify != nil {

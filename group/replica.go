@@ -64,6 +64,10 @@ type Config struct {
 	ClockDrift float64
 	// NotCandidate keeps this member from becoming master of the group.
 	NotCandidate bool
+	// Abstain starts the member without its vote (instance.Core.SetAbstain):
+	// its store may have forgotten promises an earlier store under the same node
+	// ID gave. SetAbstain(false) gives the vote back.
+	Abstain bool
 	// RejectIfNotMaster makes Propose on a member that is not the master fail with
 	// a *NotMasterError instead of forwarding the command to the master.
 	RejectIfNotMaster bool
@@ -190,9 +194,13 @@ type Replica struct {
 	inflight     map[RequestID]*Proposal
 	inflightInst ids.InstanceID
 	forwarded    map[RequestID]*Proposal // ours, sent to the master; settled when executed here
+	bounced      map[RequestID]*Proposal // ours, passed back to us and gone on as a copy; settled with it
 	seenForward  map[RequestID]uint64    // forwarded proposals taken, with the tick they came
 	executed     recentIDs               // application commands executed lately (replay included)
 	seq          uint64                  // for the replica's own (master claim) request IDs
+	// fwdIdle counts ticks with ours forwarded, unsettled, and no master known;
+	// at forwardRetryTicks they go to the next member in turn (fwdTurn).
+	fwdIdle, fwdTurn int
 
 	applyQueue []instance.Entry // chosen, not yet executed (the state machine stalled)
 	applied    ids.InstanceID   // next instance to execute
@@ -237,6 +245,7 @@ type Stats struct {
 	MasterChanges  uint64         // executed claims that changed who is master
 	Applied        ids.InstanceID // next instance to execute
 	Promised       ids.Ballot     // the acceptor's promise
+	Abstaining     bool           // the member votes in nothing yet (Config.Abstain)
 	Queued         int
 	Proposed       uint64 // instance values this replica proposed
 	Commands       uint64 // own commands executed
@@ -262,6 +271,7 @@ type Stats struct {
 func New(cfg Config) (*Replica, error) {
 	cfg.fillDefaults()
 	r := &Replica{cfg: cfg, inflight: map[RequestID]*Proposal{}, forwarded: map[RequestID]*Proposal{},
+		bounced:     map[RequestID]*Proposal{},
 		seenForward: map[RequestID]uint64{}, barriers: map[uint64]*barrier{}, sysResults: map[RequestID][]byte{},
 		teacher: learner.New(cfg.Learner)}
 	r.members = statemachine.Membership{Voters: sortedIDs(cfg.Members), Followers: sortedIDs(cfg.Followers)}
@@ -308,6 +318,7 @@ func New(cfg Config) (*Replica, error) {
 	if r.core, err = instance.New(pc, rec); err != nil {
 		return nil, fmt.Errorf("group %d: %w", cfg.Group, err)
 	}
+	r.core.SetAbstain(cfg.Abstain)
 	if meta.MinRetained > 0 {
 		base, err := DecodeSystemState(meta.Base)
 		if err != nil {
@@ -433,7 +444,14 @@ func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
 			if c.Kind == KindMaster || len(r.queue) >= r.cfg.PendingMax {
 				continue // master claims are never forwarded (their lease counts from the claimant's clock); a full queue sheds load
 			}
-			if _, dup := r.seenForward[c.ID]; dup || r.executed.has(c.ID) {
+			if orig, mine := r.forwarded[c.ID]; mine && orig.ID.Node == r.cfg.Self {
+				// Our own command, passed back to us by members that are not
+				// master either. It goes on as a copy (forwardQueue then tracks
+				// the copy); the caller waits on the original, which is settled
+				// with the copy when the command executes here.
+				r.bounced[c.ID] = orig
+			}
+			if _, dup := r.seenForward[c.ID]; (dup && !r.resent(c.ID)) || r.executed.has(c.ID) {
 				// A duplicated frame - perhaps one that outlived a restart of this
 				// member, which forgot seenForward but not the log it replayed:
 				// proposing it again would choose it twice.
@@ -480,11 +498,18 @@ func (r *Replica) Tick() {
 	r.pumpTeacher()
 	r.tickCheckpoints()
 	r.drainApply() // retry a stalled state machine
+	r.retryForwarded()
+	r.tickMasterTransfer()
 	r.tickBarriers()
 	if r.ticks%64 == 0 {
 		for id, p := range r.forwarded {
 			if p.abandoned() {
 				delete(r.forwarded, id)
+			}
+		}
+		for id, p := range r.bounced {
+			if p.abandoned() || p.state.Load() == stateDone {
+				delete(r.bounced, id)
 			}
 		}
 		for id, at := range r.seenForward {
@@ -502,7 +527,15 @@ func (r *Replica) Tick() {
 func (r *Replica) NeedsTick() bool {
 	return r.failed == nil && (r.repair != nil || r.core.Busy() || r.persisting || len(r.applyQueue) > 0 || len(r.queue) > 0 ||
 		len(r.forwarded) > 0 || len(r.barriers) > 0 || len(r.leaseReads) > 0 || len(r.inflight) > 0 ||
-		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()) || r.teacher.Active() || r.cp.busy())
+		r.lease.claim != nil || r.lease.holding(r.cfg.Clock()) || r.teacher.Active() || r.cp.busy() || r.lease.transfer != nil)
+}
+
+// SetAbstain takes this member's vote away (on) or gives it back (off); see
+// Config.Abstain.
+func (r *Replica) SetAbstain(on bool) {
+	r.core.SetAbstain(on)
+	r.drive()
+	r.flush()
 }
 
 // StoredNext is the first instance whose chosen value may not be readable from
@@ -525,6 +558,7 @@ func (r *Replica) Stats() Stats {
 	s := r.stats
 	s.Next, s.Applied, s.Queued, s.Core = r.core.Next(), r.applied, len(r.queue), r.core.Stats()
 	s.Promised = r.core.Promised()
+	s.Abstaining = r.core.Abstaining()
 	s.Teacher = r.teacher.Stats()
 	s.HighestSeen = r.core.HighestSeen()
 	mi := r.Master()
@@ -558,10 +592,21 @@ func (r *Replica) drive() {
 	case len(r.queue) > 0 || len(r.leaseReads) > 0 || len(r.forwarded) > 0 || r.lease.wanted:
 		// Work is waiting - including ours sent to a master that has since gone
 		// silent - and nobody is master: elect one now.
-		if !r.cfg.NotCandidate && r.core.IsMember(r.cfg.Self) {
+		if r.lease.resign && r.lease.claim == nil && r.core.IsMember(r.cfg.Self) { // see applyClaim
+			r.lease.resign = false
+			r.claimFor(r.cfg.Self, 0, now)
+		}
+		switch {
+		case !r.cfg.NotCandidate && r.core.IsMember(r.cfg.Self):
 			r.claim(r.cfg.Self, now)
-		} else {
-			r.forwardQueue(r.nextMember())
+		case r.core.Abstaining():
+			// A new store waiting for its peers' admission (node/identity.go):
+			// hold the work until a master shows up rather than pass it around
+			// members that may be waiting too; a caller that gives up first gets
+			// ErrCanceled, nothing was proposed.
+			r.rejectLeaseReads(0)
+		default:
+			r.forwardQueue(r.forwardTarget())
 			r.rejectLeaseReads(0)
 		}
 	}
@@ -572,13 +617,19 @@ func (r *Replica) drive() {
 // claim queues a master claim for candidate (ourselves: election or renewal; another
 // node: a transfer), unless one is already on its way.
 func (r *Replica) claim(candidate ids.NodeID, now time.Time) {
+	r.claimFor(candidate, r.cfg.Lease, now)
+}
+
+// claimFor is claim with the lease length to ask for (0: a resignation, see
+// applyClaim).
+func (r *Replica) claimFor(candidate ids.NodeID, lease time.Duration, now time.Time) {
 	if r.lease.claim != nil {
 		return
 	}
 	r.seq++
 	id := RequestID{Node: r.cfg.Self, Seq: r.seq}
 	p := NewProposal(id, statemachine.EncodeClaim(statemachine.MasterClaim{
-		Candidate: candidate, Expect: r.lease.state.Version, Lease: r.cfg.Lease}))
+		Candidate: candidate, Expect: r.lease.state.Version, Lease: lease}))
 	p.kind = KindMaster
 	r.lease.claim, r.lease.claimStart, r.lease.wanted, r.lease.active = p, now, false, false
 	r.lease.claimVersion = r.lease.state.Version
@@ -597,13 +648,127 @@ func (r *Replica) nextMember() ids.NodeID {
 	return ms[0]
 }
 
+// forwardTarget is where a member that may not become master sends work while
+// nobody is master: nextMember at first, then, each time retryForwarded gives up on
+// one, the next voter other than itself in ID order (wrapping round).
+func (r *Replica) forwardTarget() ids.NodeID {
+	var others []ids.NodeID
+	for _, m := range r.members.Voters {
+		if m > r.cfg.Self {
+			others = append(others, m)
+		}
+	}
+	for _, m := range r.members.Voters {
+		if m < r.cfg.Self {
+			others = append(others, m)
+		}
+	}
+	if len(others) == 0 {
+		return r.nextMember()
+	}
+	return others[r.fwdTurn%len(others)]
+}
+
+// forwardRetryTicks is how long a member that may not become master waits, with no
+// master known, for the proposals it forwarded before it sends them to the next
+// member in turn: long enough for a live receiver to claim mastership and propose
+// them (a prepare and an accept round), even with retries.
+func (r *Replica) forwardRetryTicks() int {
+	pt, at := r.cfg.Protocol.PrepareTimeoutTicks, r.cfg.Protocol.AcceptTimeoutTicks
+	if pt == 0 {
+		pt = 20
+	}
+	if at == 0 {
+		at = 20
+	}
+	return pt + at
+}
+
+// retryForwarded, on every tick, re-sends our forwarded proposals that are still
+// unsettled while no master is known, if this member may not claim mastership
+// itself: the member they went to (nextMember, or a master whose lease has since
+// lapsed) may be down while a majority with a candidate is up. After
+// forwardRetryTicks they go back to the queue and drive forwards them to the next
+// member in turn. Only while no master is known: once one is, they are settled by
+// execution or failed by applyClaim as before.
+//
+// Duplicates: the same command ID may now sit in the queues of two members (the
+// first receiver was slow, not down). It is executed once all the same: whichever
+// of them becomes master drops the other's forward of it (seenForward, while it
+// holds the command: see resent) or skips it as executed (r.executed); a copy the
+// first receiver proposed in an instance is either chosen there - and the new
+// master executes it before its own claim, so it skips its copy - or never chosen
+// anywhere (accepted values do not carry over to other instances). The remaining
+// risks, not excluded: a master that skipped the instance where the other copy
+// was chosen by installing a checkpoint image (r.executed lacks its IDs), or
+// whose state machine stalls before that instance (chosen, not yet executed,
+// when it proposes its copy), could propose it a second time; and a receiver
+// that keeps the command queued past seenForwardTicks and then meets the other
+// copy's forward.
+func (r *Replica) retryForwarded() {
+	now := r.cfg.Clock()
+	if len(r.forwarded) == 0 || r.lease.isMaster(now) || r.lease.otherValid(now) ||
+		(!r.cfg.NotCandidate && r.core.IsMember(r.cfg.Self)) || r.core.Abstaining() {
+		r.fwdIdle = 0 // a candidate claims itself (drive); an abstaining member holds its work
+		return
+	}
+	if r.fwdIdle++; r.fwdIdle < r.forwardRetryTicks() {
+		return
+	}
+	r.fwdIdle = 0
+	r.fwdTurn++
+	var back []*Proposal
+	for id, p := range r.forwarded {
+		delete(r.forwarded, id)
+		if orig, ok := r.bounced[id]; ok {
+			// p is the copy our own command went on as after it was passed
+			// back to us (StepGroup): send the original again, which the
+			// caller waits on, so that forwarded holds it as before the bounce.
+			delete(r.bounced, id)
+			p = orig
+		}
+		if p.requeue() { // false: its caller gave up
+			p.hops = 0 // our own retry, not a bounce
+			back = append(back, p)
+		}
+	}
+	sortByID(back)
+	r.queue = append(back, r.queue...)
+	if len(back) > 0 {
+		r.log.Debug("no master: forwarded proposals sent again", zap.Int("count", len(back)),
+			zap.Uint64("to", uint64(r.forwardTarget())))
+	}
+}
+
+// resent reports whether a forwarded command this member took before may be
+// taken again: it no longer holds the command - it passed it on, to a
+// master it saw, or it was dropped - so this is its proposer's re-send
+// (retryForwarded) or a duplicated frame of one it passed on; either way taking it
+// again is as safe as the re-send itself (see retryForwarded): wherever else it is,
+// the member that becomes master either drops the other copy's forward
+// (seenForward, as this member does while it holds the command) or has executed it
+// first. (Ticks do not tell a re-send from a late duplicate here: an idle member
+// gets none.) With a long queue it does not look and answers no, so a burst of
+// re-sends costs no quadratic scan: the proposer then tries the next member.
+func (r *Replica) resent(id RequestID) bool {
+	if _, ok := r.inflight[id]; ok || len(r.queue) > 1024 {
+		return false
+	}
+	for _, p := range r.queue {
+		if p.ID == id {
+			return false
+		}
+	}
+	return true
+}
+
 // forwardQueue sends queued proposals to another member (the master, normally).
 func (r *Replica) forwardQueue(to ids.NodeID) {
 	if len(r.queue) == 0 || to == r.cfg.Self || to == 0 {
 		return
 	}
 	var cmds []Command
-	hops := uint64(0)
+	hops, bytes := uint64(0), 0
 	for _, p := range r.queue {
 		if !p.take() {
 			continue
@@ -612,7 +777,15 @@ func (r *Replica) forwardQueue(to ids.NodeID) {
 			p.fail(ErrNoMaster) // a stranger's proposal that bounced too often
 			continue
 		}
+		// Bound each message like an instance value (count and bytes), or the
+		// transport drops one frame carrying many large commands as too large;
+		// a command over BatchBytesMax goes alone.
+		if len(cmds) > 0 && bytes+len(p.Data) > r.cfg.BatchBytesMax {
+			r.sendForward(to, hops, cmds)
+			cmds, hops, bytes = nil, 0, 0
+		}
 		hops = max(hops, p.hops)
+		bytes += len(p.Data)
 		cmds = append(cmds, Command{ID: p.ID, Kind: p.kind, Data: p.Data})
 		if p.ID.Node == r.cfg.Self {
 			p.sentTo = to
@@ -620,7 +793,7 @@ func (r *Replica) forwardQueue(to ids.NodeID) {
 		}
 		if len(cmds) == r.cfg.BatchCountMax {
 			r.sendForward(to, hops, cmds)
-			cmds, hops = nil, 0
+			cmds, hops, bytes = nil, 0, 0
 		}
 	}
 	clear(r.queue)
@@ -794,6 +967,10 @@ func (r *Replica) failAll(err error) {
 		p.fail(err)
 	}
 	clear(r.forwarded)
+	for _, p := range r.bounced {
+		p.fail(err)
+	}
+	clear(r.bounced)
 	for _, p := range r.queue {
 		p.fail(err)
 	}
@@ -807,6 +984,10 @@ func (r *Replica) failAll(err error) {
 		delete(r.barriers, id)
 	}
 	r.lease.claim = nil
+	if t := r.lease.transfer; t != nil {
+		r.lease.transfer = nil
+		t.finish(err)
+	}
 }
 
 func (r *Replica) batchOf(rd instance.Ready) logstore.Batch {
@@ -966,10 +1147,19 @@ func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 				r.stats.Commands++
 			}
 			p.finish(Result{Instance: e.Instance, Value: results[i]}, nil)
-		} else if p, ok := r.forwarded[c.ID]; ok {
+		}
+		// Not else: a copy of our own forwarded command may have come back and
+		// been proposed here; the caller waits on the original.
+		if p, ok := r.forwarded[c.ID]; ok && p.state.Load() != stateDone {
 			delete(r.forwarded, c.ID)
 			r.stats.Commands++
 			p.finish(Result{Instance: e.Instance, Value: results[i]}, nil)
+		}
+		if p, ok := r.bounced[c.ID]; ok {
+			delete(r.bounced, c.ID)
+			if p.state.Load() != stateDone {
+				p.finish(Result{Instance: e.Instance, Value: results[i]}, nil)
+			}
 		}
 	}
 	if len(r.inflight) > 0 && e.Instance >= r.inflightInst {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/multipaxos/engine/ids"
@@ -174,6 +175,118 @@ func TestValueCodec(t *testing.T) {
 	for i := 0; i < len(v); i++ {
 		if _, err := decodeValue(v[:i]); err == nil {
 			t.Fatalf("truncated value at %d accepted", i)
+		}
+	}
+}
+
+// fwdSender records the forward messages a replica sends.
+type fwdSender struct {
+	nopSender
+	fwd []GroupMessage
+}
+
+func (s *fwdSender) SendGroup(to ids.NodeID, g ids.GroupID, m *GroupMessage) {
+	if m.Type == MsgForward {
+		s.fwd = append(s.fwd, *m)
+	}
+}
+
+// TestForwardRespectsBatchBytesMax: a member forwarding its queue to another member
+// splits it by BatchBytesMax as well as BatchCountMax (one ~21 MiB forward of 24
+// large proposals is dropped by the transport as too large); a single command
+// larger than the limit still goes, alone.
+func TestForwardRespectsBatchBytesMax(t *testing.T) {
+	snd := &fwdSender{}
+	r, err := New(Config{Group: 3, Self: 1, Members: []ids.NodeID{1, 2, 3}, Storage: logstore.NewMemStore(),
+		Sender: snd, StateMachine: &recSM{}, Schedule: func(fn func()) { fn() },
+		NotCandidate: true, Abstain: true, BatchCountMax: 4, BatchBytesMax: 250})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := []int{100, 100, 100, 100, 1000, 100, 100, 100, 100, 100, 250, 1}
+	for i, n := range sizes {
+		data := make([]byte, n)
+		data[0] = byte(i)
+		r.Propose(NewProposal(RequestID{Node: 1, Seq: uint64(i)}, data))
+	}
+	if len(snd.fwd) != 0 {
+		t.Fatalf("an abstaining member forwarded %d messages", len(snd.fwd))
+	}
+	r.SetAbstain(false) // nobody is master and we may not claim: forward to member 2
+	var got [][]int
+	seq := uint64(0)
+	for _, m := range snd.fwd {
+		var b []int
+		bytes := 0
+		for _, c := range m.Commands {
+			if c.ID.Seq != seq {
+				t.Fatalf("forwarded out of order: %d, want %d", c.ID.Seq, seq)
+			}
+			seq++
+			b = append(b, len(c.Data))
+			bytes += len(c.Data)
+		}
+		got = append(got, b)
+		if len(m.Commands) > 4 || (len(m.Commands) > 1 && bytes > 250) {
+			t.Errorf("forward of %d commands, %d bytes exceeds the limits (4, 250 B)", len(m.Commands), bytes)
+		}
+	}
+	if seq != uint64(len(sizes)) {
+		t.Fatalf("forwarded %d commands, want %d: %v", seq, len(sizes), got)
+	}
+	want := [][]int{{100, 100}, {100, 100}, {1000}, {100, 100}, {100, 100}, {100}, {250}, {1}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("forward batches %v, want %v", got, want)
+	}
+}
+
+// TestBatchingBytes: the master's batches are bounded by BatchBytesMax too; a
+// command larger than the limit is proposed alone.
+func TestBatchingBytes(t *testing.T) {
+	store := logstore.NewMemStore()
+	sm := &recSM{}
+	r, err := New(Config{Group: 3, Self: 1, Members: []ids.NodeID{1}, Storage: store, Sender: &nopSender{},
+		StateMachine: sm, Schedule: func(fn func()) { fn() }, BatchCountMax: 4, BatchBytesMax: 250})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []*Proposal
+	for i := 0; i < 12; i++ {
+		n := 100
+		if i == 5 {
+			n = 1000
+		}
+		data := []byte(fmt.Sprint("c", i, ":"))
+		data = append(data, make([]byte, n-len(data))...)
+		p := NewProposal(RequestID{Node: 1, Seq: uint64(i)}, data)
+		ps = append(ps, p)
+		r.Propose(p)
+	}
+	for store.PendingCount() > 0 {
+		store.Sync()
+	}
+	var got [][]string
+	for _, b := range sm.batches {
+		var names []string
+		bytes := 0
+		for _, c := range b {
+			name, _, _ := strings.Cut(c, ":")
+			names = append(names, name)
+			bytes += len(c)
+		}
+		got = append(got, names)
+		if len(b) > 1 && bytes > 250 {
+			t.Errorf("batch %v: %d bytes over the 250 B limit", names, bytes)
+		}
+	}
+	// Instance 0 is the master claim; c0 waits for it.
+	want := [][]string{{"c0", "c1"}, {"c2", "c3"}, {"c4"}, {"c5"}, {"c6", "c7"}, {"c8", "c9"}, {"c10", "c11"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("batches %v, want %v", got, want)
+	}
+	for i, p := range ps {
+		if _, err := p.Wait(context.Background()); err != nil {
+			t.Fatalf("proposal %d: %v", i, err)
 		}
 	}
 }

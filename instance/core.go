@@ -75,6 +75,11 @@ type Core struct {
 	learnWait   int
 	statusWait  int
 
+	// abstain: this member votes in nothing and proposes nothing, as if it
+	// were a follower, while its store may have forgotten promises it gave (a
+	// wiped disk under an old node ID; the node decides, see SetAbstain).
+	abstain bool
+
 	rd    Ready
 	stats Stats
 }
@@ -155,8 +160,32 @@ func (c *Core) Ballot() ids.Ballot { return c.p.ballot }
 // Stats returns the counters of this core.
 func (c *Core) Stats() Stats { return c.stats }
 
-// IsMember reports whether n is a voting member.
-func (c *Core) IsMember(n ids.NodeID) bool { return hasVote(c.cfg.Members, n) }
+// IsMember reports whether n is a voting member. An abstaining member does not
+// count itself as one.
+func (c *Core) IsMember(n ids.NodeID) bool {
+	return hasVote(c.cfg.Members, n) && !(c.abstain && n == c.cfg.Self)
+}
+
+// SetAbstain makes this member act as a follower of every configuration (on) or
+// take its vote back up (off). A member whose store was created empty under a node
+// ID that may have voted before abstains until it is known not to have: its
+// promises and accepted values are gone, and a vote from it could break a quorum
+// intersection. It still learns, and keeps what it is sent like a follower does;
+// what it keeps was proposed by a legitimate proposer, so it may report it once it
+// votes. The fast path is dropped either way.
+func (c *Core) SetAbstain(on bool) {
+	if c.abstain == on {
+		return
+	}
+	c.abstain = on
+	c.p.prepared = false
+	if on {
+		c.CancelProposal()
+	}
+}
+
+// Abstaining reports whether SetAbstain(true) is in force.
+func (c *Core) Abstaining() bool { return c.abstain }
 
 // IsFollower reports whether n follows the group without voting.
 func (c *Core) IsFollower(n ids.NodeID) bool { return hasVote(c.cfg.Followers, n) }
@@ -618,6 +647,9 @@ func (c *Core) onPromise(m Message) {
 	if p.phase != phasePreparing || m.Instance != p.instance || m.Ballot != p.ballot || hasVote(p.votes, m.From) {
 		return
 	}
+	if !c.IsMember(m.From) {
+		return // a follower's (or a removed or abstaining member's) promise makes no quorum
+	}
 	p.votes = append(p.votes, m.From)
 	if p.best.Ballot.Less(m.AcceptedBallot) {
 		p.best = Entry{Ballot: m.AcceptedBallot, Value: m.Value}
@@ -668,6 +700,9 @@ func (c *Core) onAccepted(m Message) {
 	}
 	if p.phase != phaseAccepting || m.Instance != p.instance || m.Ballot != p.ballot || hasVote(p.votes, m.From) {
 		return
+	}
+	if !c.IsMember(m.From) {
+		return // a follower's (or a removed or abstaining member's) vote makes no quorum
 	}
 	p.votes = append(p.votes, m.From)
 	if len(p.votes) < c.quorum {

@@ -331,3 +331,114 @@ func TestFollowerAndMembershipChange(t *testing.T) {
 		t.Fatal("an empty voter set was accepted")
 	}
 }
+
+func TestAbstainingMemberNeitherVotesNorProposes(t *testing.T) {
+	c := newCore(t, 3, []ids.NodeID{1, 2, 3}, Knobs{})
+	c.SetAbstain(true)
+	b := ids.Ballot{Number: 1, Node: 1}
+	if err := c.Step(Message{Type: MsgPrepare, From: 1, Ballot: b}); err == nil {
+		t.Fatal("an abstaining member took a prepare")
+	}
+	if err := c.Step(Message{Type: MsgAccept, From: 1, Ballot: b, Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	rd := c.Ready()
+	if len(rd.Messages) != 0 || len(rd.Entries) != 1 {
+		t.Fatalf("an abstaining member keeps the value like a follower and does not vote: %+v", rd)
+	}
+	if err := c.Propose([]byte("x")); err != ErrNotMember {
+		t.Fatalf("an abstaining member proposed: %v", err)
+	}
+	if c.IsMember(3) || !c.IsMember(1) {
+		t.Fatal("abstaining changes only this member's own vote")
+	}
+	c.SetAbstain(false)
+	b2 := ids.Ballot{Number: 2, Node: 2}
+	if err := c.Step(Message{Type: MsgPrepare, From: 2, Ballot: b2}); err != nil {
+		t.Fatal(err)
+	}
+	rd = c.Ready()
+	if len(rd.Messages) != 1 || rd.Messages[0].Type != MsgPromise || rd.Messages[0].Reject ||
+		rd.Messages[0].AcceptedBallot != b || string(rd.Messages[0].Value) != "v" {
+		t.Fatalf("after abstaining, the promise reports what was kept: %+v", rd.Messages)
+	}
+}
+
+// TestNonVoterRepliesMakeNoQuorum (audit 3, G8): a follower's Promise or Accepted
+// never counts toward the proposer's quorum - neither through Step, which refuses
+// it, nor in onPromise/onAccepted themselves.
+func TestNonVoterRepliesMakeNoQuorum(t *testing.T) {
+	c, err := New(Config{Self: 1, Members: []ids.NodeID{1, 2, 3}, Followers: []ids.NodeID{4, 5}, StatusIntervalTicks: -1}, Recovered{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Propose([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range c.Ready().Messages {
+		if m.To == 1 { // the own promise, once persisted
+			if err := c.Step(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sends := func(typ MsgType) int {
+		rd := c.Ready()
+		n := 0
+		for _, m := range append(rd.SendNow, rd.Messages...) {
+			if m.Type == typ && m.To != 1 {
+				n++
+			}
+		}
+		return n
+	}
+	b := c.Ballot()
+	for _, f := range []ids.NodeID{4, 5} {
+		promise := Message{Type: MsgPromise, From: f, To: 1, Instance: 0, Ballot: b}
+		if err := c.Step(promise); err == nil {
+			t.Fatalf("Step took a promise from follower %d", f)
+		}
+		c.onPromise(promise)
+	}
+	if n := sends(MsgAccept); n != 0 {
+		t.Fatalf("phase 1 completed with the followers' promises: %d accepts sent", n)
+	}
+	if err := c.Step(Message{Type: MsgPromise, From: 2, To: 1, Instance: 0, Ballot: b}); err != nil {
+		t.Fatal(err)
+	}
+	rd := c.Ready()
+	accepts := 0
+	for _, m := range rd.SendNow {
+		if m.Type == MsgAccept {
+			accepts++
+		}
+	}
+	if accepts == 0 {
+		t.Fatalf("no accepts after a voters' quorum of promises: %+v", rd)
+	}
+	for _, m := range rd.Messages {
+		if m.To == 1 { // the own Accepted, once persisted
+			if err := c.Step(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	c.Ready()
+	for _, f := range []ids.NodeID{4, 5} {
+		accepted := Message{Type: MsgAccepted, From: f, To: 1, Instance: 0, Ballot: b}
+		if err := c.Step(accepted); err == nil {
+			t.Fatalf("Step took an Accepted from follower %d", f)
+		}
+		c.onAccepted(accepted)
+	}
+	if c.Next() != 0 || sends(MsgChosen) != 0 {
+		t.Fatalf("chosen with the followers' votes: next=%d", c.Next())
+	}
+	if err := c.Step(Message{Type: MsgAccepted, From: 3, To: 1, Instance: 0, Ballot: b}); err != nil {
+		t.Fatal(err)
+	}
+	c.Ready()
+	if c.Next() != 1 {
+		t.Fatalf("not chosen with a voters' quorum: next=%d", c.Next())
+	}
+}

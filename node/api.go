@@ -34,6 +34,9 @@ func (n *Node) call(ctx context.Context, g ids.GroupID, fn func(r *group.Replica
 	if int(g) >= len(n.groups) {
 		return fmt.Errorf("%w: %d", ErrUnknownGroup, g)
 	}
+	if err := n.refuseIfFailed(); err != nil {
+		return err
+	}
 	ch := make(chan error, 1)
 	if !n.groups[g].post(func(r *group.Replica) { fn(r, func(err error) { ch <- err }) }) {
 		return ErrStopped
@@ -75,8 +78,33 @@ func (n *Node) ReadBarrier(ctx context.Context, g ids.GroupID) error {
 	return n.call(ctx, g, func(r *group.Replica, done func(error)) { r.ReadBarrier(done) })
 }
 
+// ErrNotCandidate: TransferMaster named a node that may not become master of the
+// group; the error is a *NotCandidateError naming it.
+var ErrNotCandidate = group.ErrNotCandidate
+
+// ErrTransferFailed: TransferMaster's hand-over was chosen but its target did not
+// claim mastership (another member did instead, or it did not in time).
+var ErrTransferFailed = group.ErrTransferFailed
+
+// NotCandidateError is ErrNotCandidate with the node it names.
+type NotCandidateError = group.NotCandidateError
+
 // TransferMaster hands group g's mastership from this node (the master) to node to
-// without waiting for the lease to run out. It returns once the transfer is chosen.
+// without waiting for the lease to run out. It returns nil once to holds the
+// mastership: its own claim, after the hand-over, is chosen and executed here.
+//
+// A target that is not a voter of the group is refused at once with a
+// *NotCandidateError (Voter false), and nothing changes. Whether a voter may become
+// master (Options.MasterCandidate, SetMasterCandidate) is known only on that
+// voter, so the hand-over is proposed; a target that may not be master resigns at
+// once (a claim of itself for no lease), so the group does not sit masterless for a
+// lease: every member then sees no master and the next proposal or lease read
+// elects a candidate. TransferMaster then returns a *NotCandidateError (Voter true).
+// If another member claims before the target does, or the target does not claim
+// within four ProposeRetryTimeouts (it is down, say), the error is
+// ErrTransferFailed (the group then waits out the lease the members count for the
+// target); if the hand-over itself is not chosen, ErrBusy or ErrClaimLost. If this
+// node is not the master, a *NotMasterError.
 func (n *Node) TransferMaster(ctx context.Context, g ids.GroupID, to ids.NodeID) error {
 	return n.call(ctx, g, func(r *group.Replica, done func(error)) { r.TransferMaster(to, done) })
 }

@@ -26,9 +26,14 @@ func TestFastPathCounts(t *testing.T) {
 		t.Fatal("node 1 is not master after proposing")
 	}
 	before, _ := n1.GroupStats(ctx, 0)
-	var syncs0, frames0 [4]uint64
+	var syncs0, frames0, prepares0 [4]uint64
 	for id, n := range tc.nodes {
 		syncs0[id], frames0[id] = n.Stats().Log.Syncs, n.Stats().Transport.FramesSent
+		st, err := n.GroupStats(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prepares0[id] = st.Core.PreparesStarted
 	}
 	const k = 200
 	for i := 0; i < k; i++ {
@@ -38,8 +43,14 @@ func TestFastPathCounts(t *testing.T) {
 	}
 	after, _ := n1.GroupStats(ctx, 0)
 	inst := float64(after.Next - before.Next)
-	if d := after.Core.PreparesStarted - before.Core.PreparesStarted; d != 0 {
-		t.Fatalf("%d prepares sent in steady state", d)
+	for id, n := range tc.nodes { // no member runs phase 1, not only the master
+		st, err := n.GroupStats(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := st.Core.PreparesStarted - prepares0[id]; d != 0 {
+			t.Fatalf("node %d: %d prepares started in steady state", id, d)
+		}
 	}
 	if inst < k || inst > k+5 {
 		t.Fatalf("%v instances for %d sequential proposals", inst, k)
@@ -48,8 +59,8 @@ func TestFastPathCounts(t *testing.T) {
 		syncs := float64(n.Stats().Log.Syncs-syncs0[id]) / inst
 		frames := float64(n.Stats().Transport.FramesSent-frames0[id]) / inst
 		t.Logf("node %d: %.2f fsyncs and %.2f frames sent per instance", id, syncs, frames)
-		if syncs > 1.2 {
-			t.Errorf("node %d: %.2f fsyncs per instance, want 1", id, syncs)
+		if syncs < 0.8 || syncs > 1.2 {
+			t.Errorf("node %d: %.2f fsyncs per instance, want 1 (0.8 to 1.2)", id, syncs)
 		}
 		// Master: Accept and Chosen to each of two peers; others: one Accepted.
 		want := 1.0

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/multipaxos/engine/group"
 	"github.com/multipaxos/engine/ids"
+	"github.com/multipaxos/engine/logstore"
 )
 
 // Metrics of a node, for Prometheus. Counters and gauges are read from the node's
@@ -22,10 +24,30 @@ import (
 type metrics struct {
 	proposeLatency prometheus.Histogram
 	batchSize      prometheus.Histogram
+	// refused counts proposals refused at once, by reason; the two children
+	// are its only label values.
+	refused         *prometheus.CounterVec
+	refusedBusy     prometheus.Counter
+	refusedTooLarge prometheus.Counter
+}
+
+// noteProposeError counts a Propose error that is a refusal (back-pressure).
+func (m *metrics) noteProposeError(err error) {
+	if err != nil && errors.Is(err, ErrBusy) {
+		m.refusedBusy.Inc()
+	}
 }
 
 func newMetrics() *metrics {
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "paxos", Name: "propose_refused_total",
+		Help: "Proposals refused at once, by reason: busy (the group's queue was at PendingMax, ErrBusy), " +
+			"too_large (over ValueBytesMax, ErrValueTooLarge).",
+	}, []string{"reason"})
 	return &metrics{
+		refused:         refused,
+		refusedBusy:     refused.WithLabelValues("busy"),
+		refusedTooLarge: refused.WithLabelValues("too_large"),
 		proposeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "paxos", Name: "propose_seconds",
 			Help:    "Time from Propose to the command executed on this node (successful proposals).",
@@ -70,6 +92,9 @@ var (
 	descConns        = desc(nodeDescs, "net_connections_total", "Peer connection events, by event.", "event")
 	descDecodeErrors = desc(nodeDescs, "net_decode_errors_total", "Frames that failed a check (each closed its connection).")
 	descGroups       = desc(nodeDescs, "groups", "Groups on this node.")
+	descLogFailed    = desc(nodeDescs, "log_failed", "1 once the log store has fail-stopped (a WAL write or fsync failed): "+
+		"the node refuses all work until the process restarts.")
+	descSyncSeconds = desc(nodeDescs, "log_fsync_seconds", "Duration of each WAL fsync, timed at the file system.")
 )
 
 // groupCounter and groupGauge name a group-level series and how to read it.
@@ -173,6 +198,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	c.metrics.proposeLatency.Describe(ch)
 	c.metrics.batchSize.Describe(ch)
+	c.metrics.refused.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -201,6 +227,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descDecodeErrors, st.Transport.DecodeErrors)
 	ch <- prometheus.MustNewConstMetric(descGroups, prometheus.GaugeValue, float64(len(n.groups)))
+	ch <- prometheus.MustNewConstMetric(descLogFailed, prometheus.GaugeValue, b2f(n.store.Err() != nil))
+	ch <- syncHistogram(n.store.SyncLatency())
+	n.metrics.refused.Collect(ch)
 
 	agg := make([]float64, len(groupSeriesList))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -235,4 +264,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	n.metrics.proposeLatency.Collect(ch)
 	n.metrics.batchSize.Collect(ch)
+}
+
+// syncHistogram is the log store's fsync latencies as a Prometheus histogram.
+func syncHistogram(l logstore.SyncLatency) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(l.Cumulative))
+	for i, c := range l.Cumulative {
+		buckets[logstore.SyncLatencyBounds[i].Seconds()] = c
+	}
+	return prometheus.MustNewConstHistogram(descSyncSeconds, l.Count, l.Sum.Seconds(), buckets)
 }

@@ -2,6 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,5 +86,89 @@ func TestMetrics(t *testing.T) {
 	}
 	if m["paxos_lag_max"] != 0 || m["paxos_without_master"] > groups {
 		t.Errorf("lag %v, groups without master %v", m["paxos_lag_max"], m["paxos_without_master"])
+	}
+}
+
+// TestMetricsRefusalsAndFsync: the refusal counters count ErrValueTooLarge and
+// ErrBusy (a group whose queue is at PendingMax because its quorum is gone), the
+// fsync histogram has timed the WAL's fsyncs, and paxos_log_failed is 0 on a
+// healthy node (TestDiskFaultFailStop checks 1 on a failed one).
+func TestMetricsRefusalsAndFsync(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	tc := &testCluster{t: t, members: map[ids.NodeID]string{}, dirs: map[ids.NodeID]string{}, groups: 1,
+		nodes: map[ids.NodeID]*Node{}, sms: map[ids.NodeID][]*digestSM{}}
+	for i, a := range addrs {
+		tc.members[ids.NodeID(i+1)] = a
+		tc.dirs[ids.NodeID(i+1)] = t.TempDir()
+	}
+	t.Cleanup(func() {
+		for _, n := range tc.nodes {
+			_ = n.Stop()
+		}
+	})
+	const pending = 2
+	// Only node 1 may be master, so that once alone it keeps proposals in its
+	// own queue instead of forwarding them.
+	tc.startWith(1, func(o *Options) { o.PendingMax = pending })
+	for _, id := range []ids.NodeID{2, 3} {
+		tc.startWith(id, func(o *Options) { o.MasterCandidate = func(ids.GroupID) bool { return false } })
+	}
+	n := tc.nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i, ok := 0, 0; ok < 3 || !n.IsMaster(0); i++ {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := n.Propose(pctx, 0, []byte(fmt.Sprint("x", i)))
+		pcancel()
+		if err == nil {
+			ok++
+		} else if ctx.Err() != nil {
+			t.Fatalf("no progress through node 1: %v", err)
+		}
+	}
+	if _, err := n.Propose(ctx, 0, make([]byte, 1<<20+1)); !errors.Is(err, ErrValueTooLarge) {
+		t.Fatalf("too large: %v", err)
+	}
+
+	// Without a quorum nothing is chosen: the first proposal stays in flight,
+	// the next ones fill the queue, and the one after them is refused.
+	tc.stop(2)
+	tc.stop(3)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stuck, unstick := context.WithCancel(context.Background())
+	defer unstick()
+	var busy atomic.Int64 // refused among these (if all queued before one was proposed)
+	for i := range pending + 1 {
+		wg.Go(func() {
+			if _, err := n.Propose(stuck, 0, []byte(fmt.Sprint("stuck", i))); errors.Is(err, ErrBusy) {
+				busy.Add(1)
+			}
+		})
+	}
+	for {
+		st, err := n.GroupStats(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Queued == pending {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := n.Propose(ctx, 0, []byte("one too many")); !errors.Is(err, ErrBusy) {
+		t.Fatalf("full queue: %v, want ErrBusy", err)
+	}
+
+	m := gather(t, n)
+	if want := float64(1 + busy.Load()); m["paxos_propose_refused_total/busy"] != want || m["paxos_propose_refused_total/too_large"] != 1 {
+		t.Errorf("refusals: busy %v, too_large %v; want %v and 1",
+			m["paxos_propose_refused_total/busy"], m["paxos_propose_refused_total/too_large"], want)
+	}
+	if got, syncs := m["paxos_log_fsync_seconds"], n.Stats().Log.Syncs; got == 0 || got > float64(syncs) {
+		t.Errorf("%v fsyncs timed, %d counted", got, syncs)
+	}
+	if m["paxos_log_failed"] != 0 {
+		t.Errorf("paxos_log_failed = %v on a healthy node", m["paxos_log_failed"])
 	}
 }

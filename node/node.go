@@ -85,6 +85,7 @@ type Node struct {
 	// teachBudget is the bandwidth share of every group's teacher (nil: no limit).
 	teachBudget learner.Budget
 	metrics     *metrics
+	identity    *identity
 	// bg counts the groups' background work (checkpoint images, trims); Stop
 	// waits for it before it closes the store.
 	bg sync.WaitGroup
@@ -138,11 +139,16 @@ func Start(opts Options) (*Node, error) {
 	n.seq.Store(rand.Uint64() >> 1)
 
 	store, err := logstore.Open(filepath.Join(opts.DataDir, "log"), logstore.Options{Logger: opts.Logger,
-		MemTableSize: uint64(opts.LogMemTableBytes)})
+		MemTableSize: uint64(opts.LogMemTableBytes), FS: opts.logFS})
 	if err != nil {
 		return nil, fmt.Errorf("node: open log store: %w", err)
 	}
 	n.store = store
+	if err := n.openIdentity(); err != nil {
+		n.closeOnFailedStart()
+		return nil, err
+	}
+	abstain := n.identity.abstaining()
 
 	members := opts.memberIDs()
 	proto := instance.Config{
@@ -174,6 +180,7 @@ func Start(opts Options) (*Node, error) {
 			Schedule: r.schedule, Protocol: proto,
 			Lease: opts.Lease, ClockDrift: opts.ClockDrift,
 			NotCandidate:      opts.MasterCandidate != nil && !opts.MasterCandidate(r.g),
+			Abstain:           abstain,
 			RejectIfNotMaster: opts.RejectIfNotMaster,
 			BatchCountMax:     opts.BatchCountMax, BatchBytesMax: opts.BatchBytesMax,
 			PendingMax: opts.PendingMax, Logger: opts.Logger,
@@ -208,6 +215,9 @@ func Start(opts Options) (*Node, error) {
 			Peers: opts.Members, Handler: n.onFrame, Logger: opts.Logger,
 			MaxFrameBytes: opts.MaxFrameBytes,
 			ClusterSecret: opts.ClusterSecret,
+			Incarnation:   n.identity.incarnation(),
+			AdmitPeer:     n.identity.admitPeer,
+			OnAdmitted:    n.identity.onAdmitted,
 		})
 	}
 	if err != nil {
@@ -221,6 +231,8 @@ func Start(opts Options) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.ticker()
+	n.wg.Add(1)
+	go n.watchFailStop() // failstop.go
 	n.log.Info("node started", zap.Int("groups", opts.Groups), zap.String("addr", opts.Addr))
 	return n, nil
 }
@@ -239,10 +251,14 @@ func (n *Node) Propose(ctx context.Context, g ids.GroupID, cmd []byte) (Result, 
 		return Result{}, fmt.Errorf("%w: %d (have %d)", ErrUnknownGroup, g, len(n.groups))
 	}
 	if len(cmd) > n.opts.ValueBytesMax {
+		n.metrics.refusedTooLarge.Inc()
 		return Result{}, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(cmd), n.opts.ValueBytesMax)
 	}
 	if n.stopped.Load() {
 		return Result{}, ErrStopped
+	}
+	if err := n.refuseIfFailed(); err != nil {
+		return Result{}, err // fail-stop: acknowledge nothing more (failstop.go)
 	}
 	start := time.Now()
 	p := group.NewProposal(group.RequestID{Node: n.opts.NodeID, Seq: n.seq.Add(1)}, cmd)
@@ -253,6 +269,7 @@ func (n *Node) Propose(ctx context.Context, g ids.GroupID, cmd []byte) (Result, 
 	if err == nil {
 		n.metrics.proposeLatency.Observe(time.Since(start).Seconds())
 	}
+	n.metrics.noteProposeError(err)
 	return res, err
 }
 
@@ -260,11 +277,18 @@ func (n *Node) Propose(ctx context.Context, g ids.GroupID, cmd []byte) (Result, 
 type Stats struct {
 	Log       logstore.Stats // writes and WAL fsyncs shared by all groups
 	Transport netio.Stats
+	// Verified: every other member has admitted this node's store, so its
+	// groups vote (identity.go); false while a new store waits for them.
+	Verified bool
+	// PeersRefused counts connections refused because the peer came back with
+	// a different store (ErrPeerReincarnated) since Start.
+	PeersRefused uint64
 }
 
 // Stats returns the node-wide counters.
 func (n *Node) Stats() Stats {
-	return Stats{Log: n.store.Stats(), Transport: n.tr.Stats()}
+	refused, verified := n.identity.stats()
+	return Stats{Log: n.store.Stats(), Transport: n.tr.Stats(), Verified: verified, PeersRefused: refused}
 }
 
 // GroupStats returns one group's counters, read in the group's own context.
@@ -437,6 +461,7 @@ func (n *Node) ticker() {
 			}
 		case <-status.C:
 			n.sendNodeStatus()
+			n.identity.recheck()
 		}
 	}
 }

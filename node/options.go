@@ -144,6 +144,8 @@ type Options struct {
 	// (group.CrashPoints) just before the step; crash tests kill the process there.
 	// Test use only.
 	CrashPoint func(name string)
+
+	testHooks // this package's tests only (testhooks.go)
 }
 
 // ErrInvalidOptions is wrapped by every option violation Start reports.

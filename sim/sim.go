@@ -119,6 +119,9 @@ type node struct {
 	nextTick  time.Time
 	nextSync  time.Time
 	codec     *instance.Codec
+	// checked[g]: every instance of group g below it whose chosen value this
+	// incarnation could read from its log was compared (checkChosen).
+	checked []ids.InstanceID
 }
 
 type ack struct {
@@ -135,27 +138,30 @@ func (c *cluster) debugf(format string, args ...any) {
 }
 
 type cluster struct {
-	start     time.Time
-	opts      Options
-	rng       *rand.Rand
-	now       time.Time
-	net       *netio.MemNetwork
-	nodes     []*node
-	ids       []ids.NodeID
-	err       error
-	seq       uint64
-	chosen    map[gi]uint64 // (group, instance) -> hash of the commands executed there
-	cmds      map[string]bool
-	open      []*pending
-	acks      []ack
-	res       Result
-	reads     []*pendingRead
-	readLog   map[ids.GroupID][]readRecord
-	dir       string      // checkpoint images
-	isolated  *node       // cut off until IsolateLast
-	healed    bool        // the heal phase began: no more faults
-	corrupted map[gi]bool // (group, instance) whose record was damaged on some node
-	crashNext int         // the crash point's hit count that kills next
+	start  time.Time
+	opts   Options
+	rng    *rand.Rand
+	now    time.Time
+	net    *netio.MemNetwork
+	nodes  []*node
+	ids    []ids.NodeID
+	err    error
+	seq    uint64
+	chosen map[gi]uint64 // (group, instance) -> hash of the commands executed there
+	// (group, instance) -> hash of the whole chosen value, engine-internal
+	// commands (master claims, membership changes) and no-ops included.
+	chosenValue map[gi]uint64
+	cmds        map[string]bool
+	open        []*pending
+	acks        []ack
+	res         Result
+	reads       []*pendingRead
+	readLog     map[ids.GroupID][]readRecord
+	dir         string      // checkpoint images
+	isolated    *node       // cut off until IsolateLast
+	healed      bool        // the heal phase began: no more faults
+	corrupted   map[gi]bool // (group, instance) whose record was damaged on some node
+	crashNext   int         // the crash point's hit count that kills next
 }
 
 // killed is the panic a crash point raises to stop a member in the middle of
@@ -177,6 +183,42 @@ func (c *cluster) guard(n *node, fn func()) {
 		}
 	}()
 	fn()
+	if n.up {
+		c.checkChosen(n)
+	}
+}
+
+// checkChosen compares the chosen values n can read from its log (every instance
+// below a replica's StoredNext) with what other members chose there: the whole
+// value, not only the application commands Execute sees, so members that chose
+// different master claims, membership changes or no-ops at one instance are caught
+// too. Each incarnation reads each of its instances once.
+func (c *cluster) checkChosen(n *node) {
+	for g, r := range n.replicas {
+		if g >= len(n.checked) {
+			break
+		}
+		for stored := r.StoredNext(); n.checked[g] < stored; n.checked[g]++ {
+			inst := n.checked[g]
+			e, err := n.store.Entry(ids.GroupID(g), inst)
+			if errors.Is(err, logstore.ErrNotFound) {
+				// Trimmed, or below an installed checkpoint image.
+				n.checked[g] = max(inst+1, r.Stats().MinRetained) - 1
+				continue
+			}
+			if err != nil {
+				continue // a record damaged on purpose (Options.Corrupt), to be repaired
+			}
+			h := fnv.New64a()
+			h.Write(e.Value)
+			sum, key := h.Sum64(), gi{ids.GroupID(g), inst}
+			if prev, ok := c.chosenValue[key]; ok && prev != sum {
+				c.violation("agreement: group %d instance %d: node %d chose a value (%d bytes, hash %x) that differs from another member's (hash %x)",
+					g, inst, n.id, len(e.Value), sum, prev)
+			}
+			c.chosenValue[key] = sum
+		}
+	}
 }
 
 func (c *cluster) crashPoint(n *node) func(string) {
@@ -236,14 +278,15 @@ func Run(opts Options) Result {
 		opts.ProposeEvery = 2 * time.Millisecond
 	}
 	c := &cluster{
-		opts:      opts,
-		rng:       rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
-		now:       time.Unix(0, 0),
-		start:     time.Unix(0, 0),
-		chosen:    map[gi]uint64{},
-		readLog:   map[ids.GroupID][]readRecord{},
-		corrupted: map[gi]bool{},
-		cmds:      map[string]bool{},
+		opts:        opts,
+		rng:         rand.New(rand.NewPCG(opts.Seed, 0x5eed)),
+		now:         time.Unix(0, 0),
+		start:       time.Unix(0, 0),
+		chosen:      map[gi]uint64{},
+		chosenValue: map[gi]uint64{},
+		readLog:     map[ids.GroupID][]readRecord{},
+		corrupted:   map[gi]bool{},
+		cmds:        map[string]bool{},
 	}
 	c.res.Seed = opts.Seed
 	c.net = netio.NewMemNetwork(int64(opts.Seed))
@@ -362,6 +405,7 @@ func (c *cluster) startNode(n *node) {
 	n.up = true
 	n.replicas = n.replicas[:0]
 	n.sms = n.sms[:0]
+	n.checked = make([]ids.InstanceID, c.opts.Groups)
 	for g := 0; g < c.opts.Groups; g++ {
 		sm := &digestSM{c: c, node: n.id, g: ids.GroupID(g)}
 		voters, followers := c.ids, []ids.NodeID(nil)
@@ -401,6 +445,7 @@ func (c *cluster) startNode(n *node) {
 		}
 		n.replicas = append(n.replicas, r)
 		n.sms = append(n.sms, sm)
+		n.checked[g] = r.Stats().MinRetained
 	}
 	n.nextTick = c.now.Add(time.Duration(c.rng.Int64N(int64(tick))))
 	n.nextSync = c.now.Add(c.syncDelay())

@@ -2,6 +2,8 @@ package sim
 
 import (
 	"flag"
+	"fmt"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -37,6 +39,19 @@ func opts(seed uint64) Options {
 	return o
 }
 
+// runSeed runs one simulation and turns a panic inside it (guard re-raises every
+// panic that is not a planned crash) into a test failure that names the seed and
+// the command that replays it, with the panic value and its stack.
+func runSeed(t *testing.T, o Options, replay string) Result {
+	t.Helper()
+	defer func() {
+		if p := recover(); p != nil {
+			t.Fatalf("seed %d: panic: %v\n%s\nreplay: %s", o.Seed, p, debug.Stack(), replay)
+		}
+	}()
+	return Run(o)
+}
+
 // TestSimulation runs whole clusters from many seeds and checks agreement, validity,
 // acknowledged-write durability and convergence (see the package doc).
 func TestSimulation(t *testing.T) {
@@ -50,9 +65,10 @@ func TestSimulation(t *testing.T) {
 		if *traceFlag {
 			o.Trace = func(line string) { t.Log(line) }
 		}
-		r := Run(o)
+		replay := fmt.Sprintf("go test ./sim -run TestSimulation -seed %d", seed)
+		r := runSeed(t, o, replay)
 		if r.Violation != nil {
-			t.Fatalf("%v\nreplay: go test ./sim -run TestSimulation -seed %d", r.Violation, seed)
+			t.Fatalf("%v\nreplay: %s", r.Violation, replay)
 		}
 		chosen += r.Chosen
 		acked += r.Acked
@@ -103,9 +119,10 @@ func TestCatchUpByCheckpoint(t *testing.T) {
 		if *traceFlag {
 			o.Trace = func(line string) { t.Log(line) }
 		}
-		r := Run(o)
+		replay := fmt.Sprintf("go test ./sim -run TestCatchUpByCheckpoint -args -seed %d", seed)
+		r := runSeed(t, o, replay)
 		if r.Violation != nil {
-			t.Fatalf("%v\nreplay: go test ./sim -run TestCatchUpByCheckpoint -args -seed %d", r.Violation, seed)
+			t.Fatalf("%v\nreplay: %s", r.Violation, replay)
 		}
 		if r.Installs == 0 || r.Trims == 0 {
 			t.Fatalf("seed %d: %d instances chosen, %d images installed, %d logs trimmed: the isolated member did not need a checkpoint",
@@ -136,9 +153,10 @@ func TestCrashPoints(t *testing.T) {
 				o := catchUpOpts(seed, t.TempDir(), 2*time.Second)
 				o.Crashes = false // only the crash point kills
 				o.CrashAt, o.CrashEvery = point, 1+int(seed%3)
-				r := Run(o)
+				replay := fmt.Sprintf("go test ./sim -run 'TestCrashPoints/%s' -args -seed %d", point, seed)
+				r := runSeed(t, o, replay)
 				if r.Violation != nil {
-					t.Fatalf("%v\nreplay: go test ./sim -run 'TestCrashPoints/%s' -args -seed %d", r.Violation, point, seed)
+					t.Fatalf("%v\nreplay: %s", r.Violation, replay)
 				}
 				hits += r.CrashPointHits
 				crashes += r.Crashes
@@ -165,7 +183,11 @@ func TestCheckerBites(t *testing.T) {
 		{"LeaseReadAnywhere", instance.Knobs{LeaseReadAnywhere: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for seed := uint64(1); seed <= 1000; seed++ {
+			first, last := uint64(1), uint64(1000)
+			if *seedFlag != 0 {
+				first, last = *seedFlag, *seedFlag
+			}
+			for seed := first; seed <= last; seed++ {
 				o := opts(seed)
 				o.Knobs = tc.knobs
 				o.LeaseSafetyOff = tc.name == "LeaseTooLong"
@@ -175,12 +197,13 @@ func TestCheckerBites(t *testing.T) {
 				// Repairs and image installs take members out of the vote for a
 				// while: fewer duels, and the protocol bugs need duels.
 				o.Corrupt, o.Checkpoints = false, false
-				if r := Run(o); r.Violation != nil {
+				replay := fmt.Sprintf("go test ./sim -run 'TestCheckerBites/%s' -args -seed %d", tc.name, seed)
+				if r := runSeed(t, o, replay); r.Violation != nil {
 					t.Logf("found at seed %d: %v", seed, r.Violation)
 					return
 				}
 			}
-			t.Fatal("the planted bug went unnoticed for 1000 seeds")
+			t.Fatalf("the planted bug went unnoticed for seeds %d..%d", first, last)
 		})
 	}
 }
@@ -188,7 +211,8 @@ func TestCheckerBites(t *testing.T) {
 // TestReplayIsExact: a seed is a complete description of a run.
 func TestReplayIsExact(t *testing.T) {
 	for _, seed := range []uint64{7, 8} {
-		a, b := Run(opts(seed)), Run(opts(seed))
+		replay := "go test ./sim -run TestReplayIsExact"
+		a, b := runSeed(t, opts(seed), replay), runSeed(t, opts(seed), replay)
 		if a.Violation != nil || a != b {
 			t.Fatalf("seed %d: two runs differ or fail:\n%+v\n%+v", seed, a, b)
 		}
