@@ -30,10 +30,14 @@ data. The replicas authenticate each other with a cluster secret made for each r
 	fs.Var(&level, "log-level", "`LEVEL` of the logs on stderr: debug, info, warn or error")
 	var metricsAddr addrFlag
 	fs.Var(&metricsAddr, "metrics", "serve the three replicas' Prometheus metrics (label replica=\"N\") on\nhttp://`HOST:PORT`/metrics; empty: none")
+	tune := addTuningFlags(fs, false)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := checkGroups(*groups); err != nil {
+		return err
+	}
+	if err := tune.check(); err != nil {
 		return err
 	}
 	for _, p := range []struct {
@@ -77,7 +81,7 @@ data. The replicas authenticate each other with a cluster secret made for each r
 			ID: ids.NodeID(i), ClusterID: 1, ClusterSecret: secret, Members: members,
 			RESP:    fmt.Sprintf("127.0.0.1:%d", *respPort+i-1),
 			DataDir: filepath.Join(*data, fmt.Sprint("replica", i)), Groups: *groups, Password: *pass,
-			Timeout: 5 * time.Second, Logger: lg, StoreMemory: 32 << 20,
+			Timeout: 5 * time.Second, Logger: lg, StoreMemory: 32 << 20, Tuning: tune,
 		})
 		if err != nil {
 			return errors.Join(fmt.Errorf("replica %d: %w", i, err), stopAll())
@@ -116,10 +120,13 @@ data. The replicas authenticate each other with a cluster secret made for each r
 	fmt.Fprintf(stdout, "Try:           SET greeting hello EX 60 / GET greeting / INCR visits / INFO replication\n")
 	fmt.Fprintf(stdout, "Press Ctrl-C to stop; run the same command again to resume with the data.\n")
 
-	<-ctx.Done()
+	failed := waitForStop(ctx, lg, replicaNodes(replicas)...) // nil on a signal; a fail-stop exits with status 1
 	fmt.Fprintln(stdout, "\nstopping...")
 	if err := stopAll(); err != nil {
-		return err
+		return errors.Join(failed, err)
+	}
+	if failed != nil {
+		return failed
 	}
 	fmt.Fprintln(stdout, "stopped")
 	return nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,7 +31,11 @@ type replicaConfig struct {
 	ReadMode      kv.ReadMode
 	Timeout       time.Duration
 	Logger        *zap.Logger
-	StoreMemory   int64 // Pebble cache and memtable budget of the KV store; 0 = defaults
+	StoreMemory   int64   // Pebble cache and memtable budget of the KV store; 0 = defaults
+	Tuning        *tuning // engine tuning flags; nil = the engine's defaults
+	// InitialVoters are every group's voters when its log is new
+	// (node.Options.InitialMembers); empty = every Members ID.
+	InitialVoters []ids.NodeID
 }
 
 type replica struct {
@@ -54,18 +59,28 @@ func startReplica(cfg replicaConfig) (*replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := node.Start(node.Options{
+	nopts := node.Options{
 		NodeID: cfg.ID, ClusterID: cfg.ClusterID, ClusterSecret: cfg.ClusterSecret, Addr: cfg.Listen, Members: cfg.Members,
 		Groups: cfg.Groups, DataDir: cfg.DataDir, StateMachines: store.StateMachines, Logger: lg,
-	})
+	}
+	if cfg.Tuning != nil {
+		cfg.Tuning.apply(&nopts)
+	}
+	if voters := slices.Clone(cfg.InitialVoters); len(voters) > 0 {
+		nopts.InitialMembers = func(ids.GroupID) ([]ids.NodeID, []ids.NodeID) { return slices.Clone(voters), nil }
+	}
+	n, err := node.Start(nopts)
 	if err != nil {
 		_ = store.Close()
+		if errors.Is(err, node.ErrInvalidOptions) {
+			err = fmt.Errorf("%w: %v", errUsage, err) // a flag the engine refuses: exit 2
+		}
 		return nil, err
 	}
 	r := &replica{cfg: cfg, store: store, node: n}
 	r.client, err = kv.NewClient(kv.ClientOptions{Engine: n, Store: store, Logger: lg})
 	if err == nil {
-		r.resp, err = server.Start(server.Config{Addr: cfg.RESP, Client: r.client, Node: n,
+		r.resp, err = server.Start(server.Config{Addr: cfg.RESP, Client: r.client, Node: n, Admin: n,
 			Password: cfg.Password, ReadMode: cfg.ReadMode, Timeout: cfg.Timeout, Logger: lg})
 	}
 	if err != nil {

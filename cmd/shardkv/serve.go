@@ -38,6 +38,9 @@ command.`, stdout)
 	fs.Var(&level, "log-level", "`LEVEL` of the logs on stderr: debug, info, warn or error")
 	var metricsAddr addrFlag
 	fs.Var(&metricsAddr, "metrics", "serve Prometheus metrics on http://`HOST:PORT`/metrics (the engine's, Go's and\nthe process's); empty: none. Loopback unless scraped from elsewhere")
+	var initialVoters idsFlag
+	fs.Var(&initialVoters, "initial-voters", "every group's voters (`ID,...`) when its log is new; default: every --peers ID.\nThe same on every replica for the life of the cluster: set it to the original\n--peers IDs before adding a replica to --peers (it may name nodes since dropped\nfrom --peers)")
+	tune := addTuningFlags(fs, true)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -61,6 +64,9 @@ command.`, stdout)
 	if err := checkGroups(*groups); err != nil {
 		return err
 	}
+	if err := tune.check(); err != nil {
+		return err
+	}
 	lg, err := newLogger(level)
 	if err != nil {
 		return err
@@ -72,6 +78,7 @@ command.`, stdout)
 		ClusterSecret: []byte(*secret),
 		RESP:          string(resp), DataDir: filepath.Clean(*data), Groups: *groups, Password: *pass,
 		ReadMode: kv.ReadMode(readMode), Timeout: *timeout, Logger: lg,
+		Tuning: tune, InitialVoters: initialVoters,
 	})
 	if err != nil {
 		return err
@@ -89,10 +96,13 @@ command.`, stdout)
 	}
 	fmt.Fprintf(stdout, "shardkv replica %d: RESP on %s, peers %s, %d groups, data in %s\n",
 		*id, r.resp.Addr(), peers.String(), *groups, *data)
-	<-ctx.Done()
+	failed := waitForStop(ctx, lg, r.node) // nil on a signal; a fail-stop exits with status 1
 	fmt.Fprintf(stdout, "shardkv replica %d: stopping\n", *id)
 	if err := r.close(); err != nil {
-		return err
+		return errors.Join(failed, err)
+	}
+	if failed != nil {
+		return failed
 	}
 	fmt.Fprintf(stdout, "shardkv replica %d: stopped\n", *id)
 	return nil

@@ -55,6 +55,7 @@ func init() {
 		"readmode":  {arity: -1, run: cmdReadMode},
 		"readonly":  {arity: 1, run: setReadMode(kv.ReadFollower)},
 		"readwrite": {arity: 1, run: setReadMode(kv.ReadLinearizable)},
+		"shardkv":   {arity: -2, run: cmdAdmin},
 	}
 }
 

@@ -32,6 +32,12 @@
 //	          not) in others
 //
 // go-redis retries TRYAGAIN by itself; it does not retry the others.
+//
+// # Administration
+//
+// SHARDKV MEMBERS, ADDFOLLOWER, ADDMEMBER, REMOVEMEMBER, CHANGEMEMBER,
+// TRANSFERMASTER and MASTERCANDIDATE change the groups' membership through
+// Config.Admin (SHARDKV HELP lists the syntax), behind the same AUTH as the rest.
 package server
 
 import (
@@ -73,6 +79,9 @@ type Config struct {
 	Client *kv.Client
 	// Node feeds INFO; optional.
 	Node NodeInfo
+	// Admin serves the SHARDKV membership commands (guarded by Password like
+	// every other command); optional: without it they fail.
+	Admin Admin
 	// Password, if set, must be given with AUTH (or HELLO ... AUTH) before any
 	// other command.
 	Password string
