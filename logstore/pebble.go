@@ -387,10 +387,19 @@ func (s *PebbleStore) get(key []byte, decode func([]byte) error) (found bool, er
 		return false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, asCorrupt(err)
 	}
 	defer closer.Close()
 	return true, decode(v)
+}
+
+// asCorrupt makes a block that failed Pebble's own checksum an ErrCorrupt: to the
+// engine it is a damaged record like one that fails ours, repaired from peers.
+func asCorrupt(err error) error {
+	if errors.Is(err, pebble.ErrCorruption) && !errors.Is(err, ErrCorrupt) {
+		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return err
 }
 
 func (s *PebbleStore) trimRecord(g ids.GroupID) (min ids.InstanceID, base []byte, err error) {
@@ -454,7 +463,7 @@ func (s *PebbleStore) Entries(g ids.GroupID, from ids.InstanceID, maxCount, maxB
 	}
 	defer func() {
 		if cerr := it.Close(); cerr != nil && err == nil {
-			out, err = nil, fmt.Errorf("logstore: group %d: %w", g, cerr)
+			out, err = nil, fmt.Errorf("logstore: group %d: %w", g, asCorrupt(cerr))
 		}
 	}()
 	bytes := 0
@@ -468,7 +477,7 @@ func (s *PebbleStore) Entries(g ids.GroupID, from ids.InstanceID, maxCount, maxB
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return nil, fmt.Errorf("logstore: group %d instance %d: %w", g, want, err)
+			return nil, fmt.Errorf("logstore: group %d instance %d: %w", g, want, asCorrupt(err))
 		}
 		if maxBytes > 0 && len(out) > 0 && bytes+entryValueLen(v) > maxBytes {
 			break

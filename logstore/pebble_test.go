@@ -2,6 +2,7 @@ package logstore
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -326,4 +327,14 @@ func TestPebbleLoggerFatalPanics(t *testing.T) {
 	}()
 	pebbleLogger{s: zap.NewNop().Sugar()}.Fatalf("fatal commit error: %s", "disk gone")
 	t.Fatal("Fatalf returned")
+}
+
+func TestPebbleCorruptionIsErrCorrupt(t *testing.T) {
+	err := asCorrupt(fmt.Errorf("block: %w", pebble.ErrCorruption))
+	if !errors.Is(err, ErrCorrupt) || !errors.Is(err, pebble.ErrCorruption) {
+		t.Fatalf("a pebble checksum failure is not an ErrCorrupt: %v", err)
+	}
+	if other := errors.New("io"); asCorrupt(other) != other {
+		t.Fatal("another error was changed")
+	}
 }
