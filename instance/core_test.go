@@ -442,3 +442,109 @@ func TestNonVoterRepliesMakeNoQuorum(t *testing.T) {
 		t.Fatalf("not chosen with a voters' quorum: next=%d", c.Next())
 	}
 }
+
+// TestChosenCarriesNoValueOnFastPath (DESIGN 5.3): in a fast-path instance (no
+// phase 1, the master's ballot unchallenged) every member that accepted the ballot
+// learns the value from a Chosen with no value, only the checksum; it marks the
+// instance chosen from the value it accepted and writes nothing again. On the wire
+// the Chosen is a few bytes whatever the value's size.
+func TestChosenCarriesNoValueOnFastPath(t *testing.T) {
+	members := []ids.NodeID{1, 2, 3}
+	var cores []*Core
+	for _, id := range members {
+		cores = append(cores, newCore(t, id, members, Knobs{}))
+	}
+	codec := NewCodec()
+	var sent []Message // every message, in the order it was sent
+	committed := map[ids.NodeID][]Entry{}
+	rewritten := map[ids.NodeID]int{} // entries persisted after the receiver's Accepted
+	var queue []Message
+	drain := func(c *Core) {
+		for c.HasReady() {
+			rd := c.Ready()
+			for _, m := range append(append([]Message(nil), rd.SendNow...), rd.Messages...) {
+				m.From = c.Self()
+				sent = append(sent, m)
+				queue = append(queue, m) // persistence is instant here
+			}
+			committed[c.Self()] = append(committed[c.Self()], rd.Committed...)
+			if len(rd.Committed) > 0 {
+				rewritten[c.Self()] += len(rd.Entries)
+			}
+		}
+	}
+	run := func() {
+		for len(queue) > 0 { // FIFO: a fault-free, in-order network
+			m := queue[0]
+			queue = queue[1:]
+			got, err := codec.Decode(m.Type, codec.Encode(&m))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got.From, got.To = m.From, m.To
+			c := cores[m.To-1]
+			if err := c.Step(got); err != nil {
+				t.Fatal(err)
+			}
+			drain(c)
+		}
+	}
+	propose := func(v []byte) {
+		t.Helper()
+		if err := cores[0].Propose(v); err != nil {
+			t.Fatal(err)
+		}
+		drain(cores[0])
+		run()
+	}
+
+	propose([]byte("first")) // instance 0: phase 1 and 2; node 1's ballot now stands
+	if !cores[0].FastPath() {
+		t.Fatal("node 1 did not keep the fast path after winning instance 0")
+	}
+	value := bytes.Repeat([]byte("payload-"), 512) // 4 KiB
+	before := cores[0].Stats()
+	sent, committed, rewritten = nil, map[ids.NodeID][]Entry{}, map[ids.NodeID]int{}
+	propose(value) // instance 1: fast path
+	if st := cores[0].Stats(); st.PreparesStarted != before.PreparesStarted || st.FastAccepts != before.FastAccepts+1 {
+		t.Fatalf("instance 1 was not a fast-path instance: stats %+v, before %+v", st, before)
+	}
+
+	var chosen, accepts int
+	var ballot ids.Ballot
+	for _, m := range sent {
+		switch m.Type {
+		case MsgPrepare, MsgPromise, MsgLearnReq, MsgLearnValues:
+			t.Fatalf("fast-path instance sent %v: %+v", m.Type, m)
+		case MsgAccept:
+			accepts++
+			ballot = m.Ballot
+		case MsgChosen:
+			if m.From != 1 {
+				continue
+			}
+			chosen++
+			if len(m.Value) != 0 || len(m.Entries) != 0 {
+				t.Fatalf("Chosen to node %d carries the value (%d bytes, %d entries)", m.To, len(m.Value), len(m.Entries))
+			}
+			if m.Instance != 1 || m.Ballot != ballot || m.Checksum != Checksum(value) {
+				t.Fatalf("Chosen %+v, want instance 1, ballot %v, checksum %#x", m, ballot, Checksum(value))
+			}
+			if n := len(codec.Encode(&m)); n >= 64 {
+				t.Fatalf("Chosen encodes to %d bytes for a %d-byte value, want a few", n, len(value))
+			}
+		}
+	}
+	if accepts == 0 || chosen != len(members)-1 {
+		t.Fatalf("%d Accepts and %d Chosen to peers, want Accepts and %d Chosen", accepts, chosen, len(members)-1)
+	}
+	for _, c := range cores {
+		got := committed[c.Self()]
+		if c.Next() != 2 || len(got) != 1 || got[0].Instance != 1 || !bytes.Equal(got[0].Value, value) {
+			t.Fatalf("node %d: next %d, committed %d entries, want instance 1 with the value", c.Self(), c.Next(), len(got))
+		}
+		if c.Self() != 1 && rewritten[c.Self()] != 0 {
+			t.Fatalf("node %d persisted %d entries along with the Chosen: the value was written again", c.Self(), rewritten[c.Self()])
+		}
+	}
+}

@@ -865,3 +865,86 @@ func TestTCPConnectionsBounded(t *testing.T) {
 		t.Fatal("the members' connection was dropped")
 	}
 }
+
+// backoffAttemptsMax is the most dial attempts dialLoop can make in elapsed, given
+// the backoff schedule of o: the first attempt at once, then before attempt k+2 a
+// sleep of at least half of step k, where step k = min(ReconnectMin*2^k,
+// ReconnectMax) (jitter draws from [step/2, step]). Connects to a closed loopback
+// port fail at once, so the sleeps are all the time there is; a slow machine only
+// makes fewer attempts.
+func backoffAttemptsMax(o Options, elapsed time.Duration) int {
+	o = o.withDefaults()
+	attempts, slept, step := 1, time.Duration(0), o.ReconnectMin
+	for {
+		slept += step / 2
+		if slept > elapsed {
+			return attempts
+		}
+		attempts++
+		step = min(2*step, o.ReconnectMax)
+	}
+}
+
+// TestTCPReconnectBackoff: while the peer it dials is down (never started, then
+// stopped after a connection), the dialer's failed attempts stay within what the
+// doubling backoff allows for the time it was down - not one per ReconnectMin - and
+// it reconnects once the peer is back.
+func TestTCPReconnectBackoff(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	tweak := func(o *Options) { o.ReconnectMin, o.ReconnectMax = 20*time.Millisecond, 400*time.Millisecond }
+	c := newCluster(t, 2, tweak)
+	defer c.closeAll()
+	const down = 2 * time.Second
+	// checkDown keeps the peer down for about down, then checks the failures node 1
+	// (the dialer: the peer has the higher ID) counted since start against the bound.
+	checkDown := func(phase string, start time.Time, before uint64) {
+		t.Helper()
+		time.Sleep(down - time.Since(start))
+		fails := c.nodes[1].tr.Stats().DialFailures - before
+		elapsed := time.Since(start) // read after the counter: an upper bound on the time it covers
+		bound := backoffAttemptsMax(c.options(1, &recorder{}), elapsed)
+		naive := int(elapsed / (20 * time.Millisecond))
+		t.Logf("%s: %d dial failures in %v (backoff bound %d, one per ReconnectMin would be %d)", phase, fails, elapsed, bound, naive)
+		if fails == 0 || fails > uint64(bound) {
+			t.Fatalf("%s: %d dial failures in %v, want 1..%d", phase, fails, elapsed, bound)
+		}
+		if 3*bound > naive {
+			t.Fatalf("bound %d is not well below %d: the test would not tell backoff from none", bound, naive)
+		}
+	}
+	resumes := func(from, to *testNode) {
+		t.Helper()
+		rng := rand.New(rand.NewPCG(3, 3))
+		waitFor(t, "traffic resumes", func() bool {
+			from.tr.Send(to.id, 1, 1, payload(rng, 0, 10))
+			time.Sleep(5 * time.Millisecond)
+			return len(to.rec.from(from.id)) > 0
+		})
+	}
+
+	// Phase 1: the peer was never up.
+	start := time.Now()
+	n1 := c.start(1)
+	checkDown("never up", start, 0)
+	n2 := c.start(2)
+	waitFor(t, "connected", func() bool { return n1.tr.Connected(2) && n2.tr.Connected(1) })
+	resumes(n1, n2)
+
+	// Phase 2: the peer goes away after a connection (the backoff restarts from
+	// ReconnectMin once the peer admitted us) and comes back.
+	before := n1.tr.Stats()
+	start = time.Now()
+	if err := n2.tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, 2)
+	waitFor(t, "node 1 notices", func() bool { return !n1.tr.Connected(2) })
+	checkDown("stopped", start, before.DialFailures)
+	n2 = c.start(2)
+	waitFor(t, "reconnected", func() bool { return n1.tr.Connected(2) && n2.tr.Connected(1) })
+	resumes(n1, n2)
+	resumes(n2, n1)
+	if s := n1.tr.Stats(); s.ConnsOpened != before.ConnsOpened+1 {
+		t.Fatalf("node 1 opened %d connections after the restart, want 1: %+v", s.ConnsOpened-before.ConnsOpened, s)
+	}
+}
