@@ -171,6 +171,9 @@ func (l *masterLease) holding(now time.Time) bool { return l.isMaster(now) }
 
 // otherValid: another member is master and our view of its lease holds at now.
 func (l *masterLease) otherValid(now time.Time) bool {
+	if l.cfg.Protocol.Knobs.ClaimWhileLeaseValid {
+		return false // planted bug: claim (and forward nothing) while it holds
+	}
 	return !l.self && l.state.Master != 0 && l.state.Master != l.cfg.Self && now.Before(l.expiry)
 }
 

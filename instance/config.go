@@ -61,6 +61,11 @@ type Knobs struct {
 	// LeaseReadAnywhere is read by the driver: it serves lease reads on any member
 	// that has applied what it knows, lease or not (a stale read waiting to happen).
 	LeaseReadAnywhere bool
+	// ClaimWhileLeaseValid is read by the driver (group/lease.go): a member
+	// ignores its view of another master's valid lease in its claim path - it
+	// claims mastership while that lease holds (drive) and keeps a queued claim
+	// that such a lease made stale (claimStale).
+	ClaimWhileLeaseValid bool
 }
 
 // ErrInvalidConfig is wrapped by every error Config.Validate returns.

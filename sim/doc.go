@@ -10,7 +10,12 @@
 //   - validity: every executed command was proposed;
 //   - durability of acknowledgements: once faults heal, every acknowledged command
 //     is executed on every live member at the instance its proposer reported;
-//   - convergence: every member's per-group state digest is the same.
+//   - convergence: every member's per-group state digest is the same;
+//   - reads: every lease read and read barrier sees every write acknowledged
+//     before it began and never goes back in time (linearizability.go), and the
+//     whole history of reads and writes is linearizable per group, as
+//     github.com/anishathalye/porcupine checks it (porcupine.go, Options.Porcupine);
+//   - leases: never two members whose master leases hold at the same real time.
 //
 // Test-only knobs (instance.Knobs) plant known bugs; the tests assert that the
 // checker reports a violation for each within a seed budget, so the checker is

@@ -82,6 +82,14 @@ type Options struct {
 	// IsolateLast cuts the last node off from everyone from the start for this
 	// long: it misses (and its peers trim) many instances, then catches up.
 	IsolateLast time.Duration
+	// Porcupine also checks the run's reads and writes with porcupine
+	// (porcupine.go) once it converged, within PorcupineTimeout (default 10 s);
+	// a timeout is a violation.
+	Porcupine        bool
+	PorcupineTimeout time.Duration
+	// NoReadCheck turns off the linear read checks (linearizability.go), so that
+	// a stale read is left for porcupine to find: for testing porcupine.
+	NoReadCheck bool
 }
 
 // Result is the outcome of one run.
@@ -101,6 +109,12 @@ type Result struct {
 	CrashPointHits int
 	// Corruptions counts chosen log records damaged (Options.Corrupt).
 	Corruptions int
+	// PorcupineOps is the size of the history porcupine checked;
+	// PorcupineTimeouts counts checks that timed out (each also a Violation);
+	// PorcupineViolation is porcupine's finding, if any (also the Violation).
+	PorcupineOps       int
+	PorcupineTimeouts  int
+	PorcupineViolation error
 }
 
 const tick = 10 * time.Millisecond
@@ -162,6 +176,11 @@ type cluster struct {
 	healed      bool        // the heal phase began: no more faults
 	corrupted   map[gi]bool // (group, instance) whose record was damaged on some node
 	crashNext   int         // the crash point's hit count that kills next
+	// For porcupine: when each command was proposed and acknowledged, and the
+	// completed reads of each group.
+	calls   map[string]time.Time
+	ackAt   map[string]time.Time
+	readOps map[ids.GroupID][]readOp
 }
 
 // killed is the panic a crash point raises to stop a member in the middle of
@@ -287,6 +306,9 @@ func Run(opts Options) Result {
 		readLog:     map[ids.GroupID][]readRecord{},
 		corrupted:   map[gi]bool{},
 		cmds:        map[string]bool{},
+		calls:       map[string]time.Time{},
+		ackAt:       map[string]time.Time{},
+		readOps:     map[ids.GroupID][]readOp{},
 	}
 	c.res.Seed = opts.Seed
 	c.net = netio.NewMemNetwork(int64(opts.Seed))
@@ -554,6 +576,9 @@ func (c *cluster) run() {
 		return
 	}
 	c.finalChecks()
+	if c.err == nil && c.opts.Porcupine {
+		c.porcupineCheck()
+	}
 }
 
 func minTime(t time.Time, others ...time.Time) time.Time {
@@ -754,6 +779,10 @@ func (c *cluster) read() {
 	sm := n.sms[g]
 	check := func() {
 		c.res.Reads++
+		c.readOps[g] = append(c.readOps[g], readOp{issued: pr.issued, returned: c.now, count: len(sm.has), lease: pr.lease, node: n.id})
+		if c.opts.NoReadCheck {
+			return
+		}
 		c.checkReadOrder(g, readRecord{issued: pr.issued, returned: c.now, count: len(sm.has)}, n.id)
 		for _, a := range c.acks {
 			if a.g == g && a.at.Before(pr.issued) && !sm.has[a.cmd] {
@@ -791,6 +820,7 @@ func (c *cluster) propose() {
 	c.seq++
 	cmd := fmt.Sprintf("c%d.g%d.n%d", c.seq, g, n.id)
 	c.cmds[cmd] = true
+	c.calls[cmd] = c.now
 	p := group.NewProposal(group.RequestID{Node: n.id, Seq: c.seq}, []byte(cmd))
 	c.open = append(c.open, &pending{p: p, g: g, node: n.id, cmd: cmd})
 	c.guard(n, func() { n.replicas[g].Propose(p) })
@@ -805,6 +835,7 @@ func (c *cluster) collect() {
 			res, err := o.p.Outcome()
 			if err == nil {
 				c.acks = append(c.acks, ack{g: o.g, inst: res.Instance, cmd: o.cmd, at: c.now})
+				c.ackAt[o.cmd] = c.now
 				if want := "ok:" + o.cmd; string(res.Value) != want {
 					c.violation("node %d: result %q for %q", o.node, res.Value, o.cmd)
 				}

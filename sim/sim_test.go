@@ -35,6 +35,8 @@ func opts(seed uint64) Options {
 		Checkpoints: seed%5 == 2,
 		// Some restarts find a chosen log record damaged, to be repaired from peers.
 		Corrupt: seed%3 == 2,
+		// Every run's reads and writes also go through porcupine (porcupine.go).
+		Porcupine: true,
 	}
 	return o
 }
@@ -59,7 +61,7 @@ func TestSimulation(t *testing.T) {
 	if *seedFlag != 0 {
 		first, n = *seedFlag, 1
 	}
-	var chosen, acked, crashes, reads, masters, corruptions int
+	var chosen, acked, crashes, reads, masters, corruptions, porcOps, porcMax int
 	for seed := first; seed < first+n; seed++ {
 		o := opts(seed)
 		if *traceFlag {
@@ -76,12 +78,17 @@ func TestSimulation(t *testing.T) {
 		reads += r.Reads
 		masters += r.Masters
 		corruptions += r.Corruptions
+		porcOps += r.PorcupineOps
+		porcMax = max(porcMax, r.PorcupineOps)
+		if r.PorcupineTimeouts > 0 || (o.Porcupine && r.PorcupineOps == 0) {
+			t.Fatalf("seed %d: porcupine did not check the history (%d timeouts, %d operations)\nreplay: %s", seed, r.PorcupineTimeouts, r.PorcupineOps, replay)
+		}
 	}
 	if acked == 0 || chosen == 0 {
 		t.Fatal("nothing was chosen: the simulation is vacuous")
 	}
-	t.Logf("%d seeds: %d instances chosen, %d proposals acknowledged, %d crashes, %d reads checked, %d master leases, %d log records corrupted and repaired",
-		n, chosen, acked, crashes, reads, masters, corruptions)
+	t.Logf("%d seeds: %d instances chosen, %d proposals acknowledged, %d crashes, %d reads checked, %d master leases, %d log records corrupted and repaired; porcupine: %d operations checked, at most %d in a run, no timeouts",
+		n, chosen, acked, crashes, reads, masters, corruptions, porcOps, porcMax)
 }
 
 // catchUpOpts are the options of a run in which the last node is cut off for
@@ -181,6 +188,7 @@ func TestCheckerBites(t *testing.T) {
 		{"InferChosenFromNext", instance.Knobs{InferChosenFromNext: true}},
 		{"LeaseTooLong", instance.Knobs{}},
 		{"LeaseReadAnywhere", instance.Knobs{LeaseReadAnywhere: true}},
+		{"ClaimWhileLeaseValid", instance.Knobs{ClaimWhileLeaseValid: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			first, last := uint64(1), uint64(1000)
@@ -217,4 +225,38 @@ func TestReplayIsExact(t *testing.T) {
 			t.Fatalf("seed %d: two runs differ or fail:\n%+v\n%+v", seed, a, b)
 		}
 	}
+}
+
+// TestPorcupineBites: with the linear read checks off, porcupine alone must find
+// the stale lease reads the LeaseReadAnywhere knob plants, within the seed budget,
+// and must pass the same seeds without the knob (the model is not just strict).
+func TestPorcupineBites(t *testing.T) {
+	first, last := uint64(1), uint64(200)
+	if *seedFlag != 0 {
+		first, last = *seedFlag, *seedFlag
+	}
+	for seed := first; seed <= last; seed++ {
+		o := opts(seed)
+		o.Knobs = instance.Knobs{LeaseReadAnywhere: true}
+		o.NoReadCheck = true
+		o.Membership, o.Transfers, o.Hunt = false, false, true
+		o.Corrupt, o.Checkpoints = false, false
+		replay := fmt.Sprintf("go test ./sim -run TestPorcupineBites -args -seed %d", seed)
+		r := runSeed(t, o, replay)
+		if r.PorcupineTimeouts > 0 {
+			t.Fatalf("seed %d: porcupine timed out on %d operations", seed, r.PorcupineOps)
+		}
+		if r.PorcupineViolation != nil {
+			t.Logf("found at seed %d: %v", seed, r.PorcupineViolation)
+			o.Knobs = instance.Knobs{}
+			if r := runSeed(t, o, replay); r.Violation != nil || r.PorcupineOps == 0 {
+				t.Fatalf("seed %d without the knob: %v (%d operations checked)", seed, r.Violation, r.PorcupineOps)
+			}
+			return
+		}
+		if r.Violation != nil {
+			t.Logf("seed %d: another check fired first: %v", seed, r.Violation)
+		}
+	}
+	t.Fatalf("porcupine missed the stale lease reads for seeds %d..%d", first, last)
 }
