@@ -217,23 +217,7 @@ func TestKilledMemberRejoins(t *testing.T) {
 		t.Skip("spawns processes")
 	}
 	const groups = 16
-	addrs := freeAddrs(t, 3)
-	members := map[ids.NodeID]string{1: addrs[0], 2: addrs[1], 3: addrs[2]}
-	env := fmt.Sprintf("id=3 dir=%s groups=%d 1=%s 2=%s 3=%s", t.TempDir(), groups, addrs[0], addrs[1], addrs[2])
-	sms := map[ids.NodeID][]*digestSM{}
-	var nodes []*Node
-	for _, id := range []ids.NodeID{1, 2} {
-		s := make([]*digestSM, groups)
-		sms[id] = s
-		n, err := Start(Options{NodeID: id, Members: members, Groups: groups, DataDir: t.TempDir(),
-			TickInterval: 10 * time.Millisecond, StatusInterval: 200 * time.Millisecond,
-			StateMachines: func(g ids.GroupID) statemachine.StateMachine { s[g] = &digestSM{}; return s[g] }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-		defer n.Stop()
-	}
+	nodes, sms, env := startPairAndChildEnv(t, groups)
 	c := startChild(t, env)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -288,4 +272,28 @@ func TestKilledMemberRejoins(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startPairAndChildEnv starts nodes 1 and 2 of a 3-node cluster in this process
+// (stopped at the end of the test) and returns them, their state machines and the
+// childEnv settings that run node 3 in a child process (startChild).
+func startPairAndChildEnv(t *testing.T, groups int) (nodes []*Node, sms map[ids.NodeID][]*digestSM, env string) {
+	t.Helper()
+	addrs := freeAddrs(t, 3)
+	members := map[ids.NodeID]string{1: addrs[0], 2: addrs[1], 3: addrs[2]}
+	env = fmt.Sprintf("id=3 dir=%s groups=%d 1=%s 2=%s 3=%s", t.TempDir(), groups, addrs[0], addrs[1], addrs[2])
+	sms = map[ids.NodeID][]*digestSM{}
+	for _, id := range []ids.NodeID{1, 2} {
+		s := make([]*digestSM, groups)
+		sms[id] = s
+		n, err := Start(Options{NodeID: id, Members: members, Groups: groups, DataDir: t.TempDir(),
+			TickInterval: 10 * time.Millisecond, StatusInterval: 200 * time.Millisecond,
+			StateMachines: func(g ids.GroupID) statemachine.StateMachine { s[g] = &digestSM{}; return s[g] }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+		t.Cleanup(func() { n.Stop() })
+	}
+	return nodes, sms, env
 }

@@ -198,7 +198,7 @@ func TestProposeSingleGroup(t *testing.T) {
 // is master with a long lease and puts it into an instance at once, which cannot
 // be chosen without the peers). Both wrap the context's error.
 func TestProposeErrors(t *testing.T) {
-	tc := newAudit3Cluster(t, 3, 2, func(_ ids.NodeID, o *Options) { o.Lease = time.Minute })
+	tc := newClusterWithOptions(t, 3, 2, func(_ ids.NodeID, o *Options) { o.Lease = time.Minute })
 	n := tc.nodes[1]
 	ctx := context.Background()
 	if _, err := n.Propose(ctx, 2, []byte("x")); !errors.Is(err, ErrUnknownGroup) {

@@ -8,12 +8,12 @@ import (
 	"time"
 )
 
-// TestAudit2bChosenBytes: on the fast path the value crosses the network once per
+// TestChosenBytes: on the fast path the value crosses the network once per
 // peer (in the Accept); the Chosen that follows carries only its checksum. With a
 // value of 8 KiB, the master sends about two values' worth of bytes per command to
 // its two peers, not four, and the peers send back far less than one value. The
 // bounds are on byte counts, with room for headers, claims and probes.
-func TestAudit2bChosenBytes(t *testing.T) {
+func TestChosenBytes(t *testing.T) {
 	_, nodes := audit2bMemCluster(t, 3, 1, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

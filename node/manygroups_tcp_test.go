@@ -10,10 +10,10 @@ import (
 	"github.com/multipaxos/engine/ids"
 )
 
-// TestAudit2TCP4096Groups: three nodes over real TCP (and Pebble) with 4096 groups
+// TestTCP4096Groups: three nodes over real TCP (and Pebble) with 4096 groups
 // start, choose commands proposed through every node in groups spread over the
 // whole range, and stop without leaving a goroutine behind (goleak in TestMain).
-func TestAudit2TCP4096Groups(t *testing.T) {
+func TestTCP4096Groups(t *testing.T) {
 	const groups = 4096
 	tc := newTestCluster(t, 3, groups)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -12,9 +12,9 @@ import (
 	"github.com/multipaxos/engine/ids"
 )
 
-// newAudit3Cluster is newTestCluster with each node's options edited by edit (nil:
+// newClusterWithOptions is newTestCluster with each node's options edited by edit (nil:
 // none); nodes listed in down are not started (they are members that are down).
-func newAudit3Cluster(t *testing.T, size, groups int, edit func(ids.NodeID, *Options), down ...ids.NodeID) *testCluster {
+func newClusterWithOptions(t *testing.T, size, groups int, edit func(ids.NodeID, *Options), down ...ids.NodeID) *testCluster {
 	addrs := freeAddrs(t, size)
 	tc := &testCluster{t: t, members: map[ids.NodeID]string{}, dirs: map[ids.NodeID]string{}, groups: groups,
 		nodes: map[ids.NodeID]*Node{}, sms: map[ids.NodeID][]*digestSM{}}
@@ -45,13 +45,13 @@ next:
 
 func notCandidate(o *Options) { o.MasterCandidate = func(ids.GroupID) bool { return false } }
 
-// TestAudit3NotCandidateForwardsPastDownMember (G2): node 1 may not become master
+// TestNotCandidateForwardsPastDownMember: node 1 may not become master
 // and node 2, where it forwards while nobody is master, is down; nodes 1 and 3 are
 // a majority with a candidate. Node 1's proposals are re-sent to node 3 and served
 // instead of hanging until their deadline.
-func TestAudit3NotCandidateForwardsPastDownMember(t *testing.T) {
+func TestNotCandidateForwardsPastDownMember(t *testing.T) {
 	const groups = 4
-	tc := newAudit3Cluster(t, 3, groups, func(id ids.NodeID, o *Options) {
+	tc := newClusterWithOptions(t, 3, groups, func(id ids.NodeID, o *Options) {
 		if id == 1 {
 			notCandidate(o)
 		}
@@ -70,13 +70,13 @@ func TestAudit3NotCandidateForwardsPastDownMember(t *testing.T) {
 	}
 }
 
-// TestAudit3MasterCandidate (G4): with MasterCandidate false on node 1, node 1
+// TestMasterCandidate: with MasterCandidate false on node 1, node 1
 // never becomes master of the groups under load through every node, and its own
 // proposals are served; SetMasterCandidate moves masters off a node at run time
 // and lets one become master again.
-func TestAudit3MasterCandidate(t *testing.T) {
+func TestMasterCandidate(t *testing.T) {
 	const groups = 8
-	tc := newAudit3Cluster(t, 3, groups, func(id ids.NodeID, o *Options) {
+	tc := newClusterWithOptions(t, 3, groups, func(id ids.NodeID, o *Options) {
 		if id == 1 {
 			notCandidate(o)
 		}
@@ -208,11 +208,11 @@ func TestAudit3MasterCandidate(t *testing.T) {
 	}
 }
 
-// TestAudit3RejectIfNotMaster (G4): with RejectIfNotMaster, Propose on a node that
+// TestRejectIfNotMaster: with RejectIfNotMaster, Propose on a node that
 // knows another master fails with a *NotMasterError naming it; on the master it is
 // served.
-func TestAudit3RejectIfNotMaster(t *testing.T) {
-	tc := newAudit3Cluster(t, 3, 1, func(_ ids.NodeID, o *Options) { o.RejectIfNotMaster = true })
+func TestRejectIfNotMaster(t *testing.T) {
+	tc := newClusterWithOptions(t, 3, 1, func(_ ids.NodeID, o *Options) { o.RejectIfNotMaster = true })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := tc.nodes[2].Propose(ctx, 0, []byte("x")); err != nil { // elects node 2
@@ -248,12 +248,12 @@ func TestAudit3RejectIfNotMaster(t *testing.T) {
 	}
 }
 
-// TestAudit3TransferToNonCandidate (G3): TransferMaster to a node that is not a
+// TestTransferToNonCandidate: TransferMaster to a node that is not a
 // voter is refused at once and changes nothing; to a voter that may not become
 // master, it fails with a *NotCandidateError once that node resigned, and the
 // group elects a candidate on the next proposal instead of waiting out a lease.
-func TestAudit3TransferToNonCandidate(t *testing.T) {
-	tc := newAudit3Cluster(t, 3, 1, func(id ids.NodeID, o *Options) {
+func TestTransferToNonCandidate(t *testing.T) {
+	tc := newClusterWithOptions(t, 3, 1, func(id ids.NodeID, o *Options) {
 		o.Lease = 3 * time.Second // a masterless lease would show as a stall
 		if id == 3 {
 			notCandidate(o)
@@ -310,11 +310,11 @@ func TestAudit3TransferToNonCandidate(t *testing.T) {
 	}
 }
 
-// TestAudit3RenewAtHalfLease (G5): under steady light load for about five leases
+// TestRenewAtHalfLease: under steady light load for about five leases
 // the master renews about every half lease and the master never changes.
-func TestAudit3RenewAtHalfLease(t *testing.T) {
+func TestRenewAtHalfLease(t *testing.T) {
 	const lease = 200 * time.Millisecond
-	tc := newAudit3Cluster(t, 3, 1, func(_ ids.NodeID, o *Options) { o.Lease = lease })
+	tc := newClusterWithOptions(t, 3, 1, func(_ ids.NodeID, o *Options) { o.Lease = lease })
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
 	defer cancel()
 	n1 := tc.nodes[1]

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/multipaxos/engine/ids"
-	"github.com/multipaxos/engine/statemachine"
 )
 
 // audit2bErrKind names the typed error a failed proposal under load may end with:
@@ -30,7 +29,7 @@ func audit2bErrKind(err error) string {
 	return ""
 }
 
-// TestAudit2bKilledMasterUnderLoad: node 3 runs in its own process and is made
+// TestKilledMasterUnderLoad: node 3 runs in its own process and is made
 // master of half the groups (TransferMaster), so the load through nodes 1 and 2 is
 // forwarded to it there. It is killed with SIGKILL mid-load and restarted on its
 // data dir. Failed proposals fail only with typed errors; the groups it was master
@@ -39,28 +38,12 @@ func audit2bErrKind(err error) string {
 // included, ends with the same per-group digest (a chain over every command in
 // order, so node 3 executed the same commands at the same instances). The phases
 // wait for progress, not for time.
-func TestAudit2bKilledMasterUnderLoad(t *testing.T) {
+func TestKilledMasterUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
 	const groups = 16
-	addrs := freeAddrs(t, 3)
-	members := map[ids.NodeID]string{1: addrs[0], 2: addrs[1], 3: addrs[2]}
-	env := fmt.Sprintf("id=3 dir=%s groups=%d 1=%s 2=%s 3=%s", t.TempDir(), groups, addrs[0], addrs[1], addrs[2])
-	sms := map[ids.NodeID][]*digestSM{}
-	var nodes []*Node
-	for _, id := range []ids.NodeID{1, 2} {
-		s := make([]*digestSM, groups)
-		sms[id] = s
-		n, err := Start(Options{NodeID: id, Members: members, Groups: groups, DataDir: t.TempDir(),
-			TickInterval: 10 * time.Millisecond, StatusInterval: 200 * time.Millisecond,
-			StateMachines: func(g ids.GroupID) statemachine.StateMachine { s[g] = &digestSM{}; return s[g] }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-		defer n.Stop()
-	}
+	nodes, sms, env := startPairAndChildEnv(t, groups)
 	c := startChild(t, env)
 	defer func() { c.kill() }()
 

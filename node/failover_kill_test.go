@@ -13,14 +13,14 @@ import (
 	"github.com/multipaxos/engine/statemachine"
 )
 
-// TestAudit3FailoverKilledMaster (G10): three members over TCP, node 3 in a child
+// TestFailoverKilledMaster: three members over TCP, node 3 in a child
 // process (childMain) and master of all 64 groups under load, is killed with
 // SIGKILL. Every group must get a new master - node 1 or 2, holding a valid lease -
 // within 4 leases of the kill (the issue asks for "a few lease lengths"), and no
 // acknowledged command may be lost: each is executed on both survivors at the
 // instance its acknowledgement named. The failover times (per group, from the
 // kill to the first survivor holding the lease) are logged: maximum and median.
-func TestAudit3FailoverKilledMaster(t *testing.T) {
+func TestFailoverKilledMaster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}

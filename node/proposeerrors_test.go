@@ -51,13 +51,13 @@ func audit2bMemCluster(t *testing.T, size, groups int, edit func(*Options)) (*ne
 	return net, nodes
 }
 
-// TestAudit2bProposeDeadlineTyped: a proposal whose context deadline passes while
+// TestProposeDeadlineTyped: a proposal whose context deadline passes while
 // it is in an instance that cannot be chosen (its master is cut off from every
 // peer) fails with ErrUnknownOutcome wrapping context.DeadlineExceeded; one that
 // was never proposed (no master reachable: the cut-off node's own master claim
 // cannot be chosen, so nothing else of its is proposed) fails with ErrCanceled
 // wrapping context.DeadlineExceeded. Neither is the other.
-func TestAudit2bProposeDeadlineTyped(t *testing.T) {
+func TestProposeDeadlineTyped(t *testing.T) {
 	// A long lease: node 1 stays master of group 0 (by its own clock) for the whole
 	// test, so it proposes at once and never needs a renewal claim first.
 	net, nodes := audit2bMemCluster(t, 3, 2, func(o *Options) { o.Lease = time.Minute })

@@ -12,13 +12,13 @@ import (
 	"github.com/multipaxos/engine/netio"
 )
 
-// TestAudit2TruncatedFrameThenClose: a stranger that connects to a node over TCP,
+// TestTruncatedFrameThenClose: a stranger that connects to a node over TCP,
 // sends part of a frame header and hangs up is neither counted as a peer nor
 // refused with a reason, and the node's real peers and service are untouched. A
 // second stranger sending a bad length prefix afterwards is refused; waiting for
 // that refusal shows the node's event loop processed the first connection's bytes
 // too.
-func TestAudit2TruncatedFrameThenClose(t *testing.T) {
+func TestTruncatedFrameThenClose(t *testing.T) {
 	tc := newTestCluster(t, 3, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -21,12 +21,12 @@ func (s *audit3Sender) SendGroup(to ids.NodeID, g ids.GroupID, m *GroupMessage) 
 	}
 }
 
-// TestAudit3NotCandidateResendsForwarded (audit 3, G2): a member that may not
+// TestNotCandidateResendsForwarded (audit 3, G2): a member that may not
 // become master forwards its proposals to the next member while nobody is master;
 // if they stay unsettled for forwardRetryTicks with still no master known, it
 // sends them to the next voter in turn (never itself), round and round, and stops
 // once the caller gives up.
-func TestAudit3NotCandidateResendsForwarded(t *testing.T) {
+func TestNotCandidateResendsForwarded(t *testing.T) {
 	snd := &audit3Sender{}
 	r, err := New(Config{Group: 3, Self: 2, Members: []ids.NodeID{1, 2, 3}, Storage: logstore.NewMemStore(),
 		Sender: snd, StateMachine: &recSM{}, Schedule: func(fn func()) { fn() }, NotCandidate: true})
@@ -79,9 +79,9 @@ func TestAudit3NotCandidateResendsForwarded(t *testing.T) {
 	}
 }
 
-// TestAudit3CandidateDoesNotResend (audit 3, G2): a member that may become master
+// TestCandidateDoesNotResend (audit 3, G2): a member that may become master
 // does not pass forwarded proposals around; it claims mastership itself.
-func TestAudit3CandidateDoesNotResend(t *testing.T) {
+func TestCandidateDoesNotResend(t *testing.T) {
 	snd := &audit3Sender{}
 	r, err := New(Config{Group: 3, Self: 2, Members: []ids.NodeID{1, 2, 3}, Storage: logstore.NewMemStore(),
 		Sender: snd, StateMachine: &recSM{}, Schedule: func(fn func()) { fn() }})
@@ -97,10 +97,10 @@ func TestAudit3CandidateDoesNotResend(t *testing.T) {
 	}
 }
 
-// TestAudit3LeaseReadWaitsForStalledApply (audit 3, G6): a lease read on the master
+// TestLeaseReadWaitsForStalledApply (audit 3, G6): a lease read on the master
 // does not run while an instance the master has chosen is not yet executed (its
 // state machine stalls); it runs once that instance is, and sees it.
-func TestAudit3LeaseReadWaitsForStalledApply(t *testing.T) {
+func TestLeaseReadWaitsForStalledApply(t *testing.T) {
 	store := logstore.NewMemStore()
 	sm := &recSM{}
 	r := newSolo(t, store, sm)
@@ -146,10 +146,10 @@ func TestAudit3LeaseReadWaitsForStalledApply(t *testing.T) {
 	}
 }
 
-// TestAudit3RetakePassedOnForward (audit 3, G2): a member that took a forwarded
+// TestRetakePassedOnForward (audit 3, G2): a member that took a forwarded
 // command and passed it on takes it again when its proposer re-sends it (it no
 // longer holds it), but drops a duplicate while it still holds the command.
-func TestAudit3RetakePassedOnForward(t *testing.T) {
+func TestRetakePassedOnForward(t *testing.T) {
 	x := GroupMessage{Type: MsgForward, Hops: 1, Commands: []Command{{ID: RequestID{Node: 2, Seq: 7}, Data: []byte("x")}}}
 	snd := &audit3Sender{}
 	r, err := New(Config{Group: 3, Self: 3, Members: []ids.NodeID{1, 2, 3}, Storage: logstore.NewMemStore(),
