@@ -907,20 +907,9 @@ func (r *Replica) flush() {
 			r.waiting = nil
 			r.sendAll(rd.Messages) // the planted bug: replies before the fsync
 		}
-		waiting := r.waiting
 		r.cfg.Storage.Commit(batch, func(err error) {
 			if err == nil {
 				stored()
-				// Replies to peers leave from here, on the store's goroutine,
-				// the moment the batch is durable: one hand-off less on every
-				// instance's critical path. Messages to ourselves (our own
-				// vote) need the replica, so persisted steps them.
-				r.crashPoint(CrashAfterAcceptorSync)
-				for i := range waiting {
-					if m := &waiting[i]; m.To != r.cfg.Self {
-						r.cfg.Sender.Send(m.To, r.cfg.Group, m)
-					}
-				}
 			}
 			r.cfg.Schedule(func() { r.persisted(err) })
 		})
@@ -950,16 +939,11 @@ func (r *Replica) persisted(err error) {
 		r.storageFailed(err)
 		return
 	}
+	r.crashPoint(CrashAfterAcceptorSync)
 	r.persisting = false
 	msgs := r.waiting
 	r.waiting = nil
-	for i := range msgs { // the others left when the batch became durable (flush)
-		if m := &msgs[i]; m.To == r.cfg.Self {
-			if err := r.core.Step(*m); err != nil {
-				r.log.Error("self message refused", zap.Error(err))
-			}
-		}
-	}
+	r.sendAll(msgs)
 	r.flush()
 }
 
