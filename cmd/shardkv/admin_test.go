@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -319,6 +320,79 @@ func TestAddReplicaByRollingRestart(t *testing.T) {
 	c.write(4, "c", keys)
 	c.readAll(1, "linearizable", keys, "a", "b", "c")
 	c.readAll(4, "follower", keys, "a", "b", "c")
+}
+
+// TestForgetPeerReadmitsWipedReplica follows docs/operations.md 3.2: replica 3
+// restarts on a wiped disk under its old ID and replicas 1 and 2 refuse it; it
+// is removed from every group, FORGETPEER on 1 and 2 lets its new store in, and
+// added back it learns what was written before and after the wipe.
+func TestForgetPeerReadmitsWipedReplica(t *testing.T) {
+	const groups, keys = 4, 12
+	c := newMemCluster(t, groups, 3)
+	all := []ids.NodeID{1, 2, 3}
+	for _, id := range all {
+		c.start(id, all, nil)
+	}
+	for _, id := range all {
+		c.write(id, fmt.Sprint("a", id, "-"), keys) // every replica meets every other
+	}
+	c.readAll(3, "follower", keys, "a1-", "a2-", "a3-")
+	waitUntil(t, "every store verified", func() bool {
+		return c.replicas[1].node.Stats().Verified && c.replicas[2].node.Stats().Verified && c.replicas[3].node.Stats().Verified
+	})
+
+	c.stop(3)
+	if err := os.RemoveAll(filepath.Join(c.dir, "replica3")); err != nil {
+		t.Fatal(err)
+	}
+	c.start(3, all, nil)
+	waitUntil(t, "replicas 1 and 2 refuse the new store", func() bool {
+		return c.replicas[1].node.Stats().PeersRefused > 0 && c.replicas[2].node.Stats().PeersRefused > 0
+	})
+	if info := c.info(1, "paxos"); !regexp.MustCompile(`peers_refused:[1-9]`).MatchString(info) || !strings.Contains(info, "store_verified:1") {
+		t.Errorf("INFO paxos on replica 1: %q", info)
+	}
+	if info := c.info(3, "paxos"); !strings.Contains(info, "store_verified:0") {
+		t.Errorf("INFO paxos on the wiped replica: %q", info)
+	}
+	c.write(2, "b", keys) // 1 and 2 serve without it
+	c.adminErr(1, "ERR node 3 still votes in groups 0-3 as this replica knows it", "FORGETPEER", "3")
+	c.adminErr(1, "ERR node 1 is this replica", "FORGETPEER", "1")
+
+	c.mustAdmin(1, fmt.Sprintf("OK changed=%d unchanged=0", groups), "REMOVEMEMBER", "3", "*")
+	c.mustAdmin(1, "OK", "FORGETPEER", "3")
+	waitUntil(t, "FORGETPEER 3 on replica 2", func() bool { // once it applied the removals
+		v, _ := c.admin(2, "FORGETPEER", "3")
+		return v == "OK"
+	})
+	waitUntil(t, "the new store verified", func() bool { return c.replicas[3].node.Stats().Verified })
+	c.mustAdmin(2, fmt.Sprintf("OK changed=%d unchanged=0", groups), "ADDMEMBER", "3", "*")
+	c.readAll(3, "follower", keys, "a1-", "a2-", "a3-", "b")
+	c.write(3, "c", keys)
+	c.readAll(1, "linearizable", keys, "a3-", "b", "c")
+	c.wantVoters(3, "1,2,3", "")
+}
+
+// info returns INFO section on replica id.
+func (c *memCluster) info(id ids.NodeID, section string) string {
+	c.t.Helper()
+	cl := c.client(id)
+	defer cl.Close()
+	s, err := cl.Info(context.Background(), section).Result()
+	if err != nil {
+		c.t.Fatalf("replica %d: INFO %s: %v", id, section, err)
+	}
+	return s
+}
+
+// waitUntil polls cond for up to 60 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(60 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+	}
 }
 
 func atoi(s string) int {

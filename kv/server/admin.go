@@ -26,6 +26,7 @@ type Admin interface {
 	ChangeMember(ctx context.Context, g ids.GroupID, old, new ids.NodeID) error
 	TransferMaster(ctx context.Context, g ids.GroupID, to ids.NodeID) error
 	SetMasterCandidate(g ids.GroupID, ok bool) error
+	ForgetPeer(id ids.NodeID) error
 }
 
 // The SHARDKV command administers the groups' membership. It is not Redis
@@ -49,6 +50,11 @@ TRANSFERMASTER <node> <group>|*
     group this replica masters; groups mastered elsewhere or by none are skipped.
 MASTERCANDIDATE yes|no <group>|*
     Whether this replica may become master (until it restarts).
+FORGETPEER <node>
+    This replica forgets the store it admitted under <node>, so that a node
+    refused for coming back on a wiped disk is admitted as a new node. Acts on
+    this replica only: run it on every other replica. Fails while <node> votes
+    in a group: REMOVEMEMBER <node> * first, ADDMEMBER it back afterwards.
 HELP
     Print this help.
 A change replies OK changed=N unchanged=M (unchanged: already in effect;
@@ -61,6 +67,7 @@ func cmdAdmin(c *call) string {
 	arity := map[string][2]int{ // min, max arguments after the subcommand
 		"help": {0, 0}, "members": {0, 1}, "addfollower": {2, 2}, "addmember": {2, 2},
 		"removemember": {2, 2}, "changemember": {3, 3}, "transfermaster": {2, 2}, "mastercandidate": {2, 2},
+		"forgetpeer": {1, 1},
 	}
 	n, ok := arity[sub]
 	if !ok {
@@ -81,6 +88,9 @@ func cmdAdmin(c *call) string {
 	a := c.s.cfg.Admin
 	if a == nil {
 		return "ERR SHARDKV administration is not available on this server"
+	}
+	if sub == "forgetpeer" {
+		return c.s.forgetPeer(c, args[0])
 	}
 	var groupArg [][]byte // the last argument; none for a bare MEMBERS
 	if len(args) > 0 {
@@ -127,6 +137,42 @@ func cmdAdmin(c *call) string {
 	}
 	op := adminOps[sub]
 	return c.s.runAdmin(c, op, nodes, groups, string(groupArg[0]) == "*")
+}
+
+// forgetPeer is FORGETPEER <node>: node.ForgetPeer on this replica only.
+func (s *Server) forgetPeer(c *call, arg []byte) string {
+	a := s.cfg.Admin
+	n, err := strconv.ParseUint(string(arg), 10, 64)
+	if err != nil || n == 0 {
+		return fmt.Sprintf("ERR invalid node ID '%s': want a positive integer", arg)
+	}
+	id := ids.NodeID(n)
+	if id == a.ID() {
+		return fmt.Sprintf("ERR node %d is this replica: run FORGETPEER %d on every other replica", id, id)
+	}
+	// The node checks this too; asking first names every group.
+	var voting []ids.GroupID
+	for g := 0; g < s.cfg.Client.Groups(); g++ {
+		if m, err := a.Membership(ids.GroupID(g)); err == nil && slices.Contains(m.Voters, id) {
+			voting = append(voting, ids.GroupID(g))
+		}
+	}
+	if len(voting) > 0 {
+		which := "group " + groupRanges(voting)
+		if len(voting) > 1 {
+			which = "groups " + groupRanges(voting)
+		}
+		return fmt.Sprintf("ERR node %d still votes in %s as this replica knows it: "+
+			"remove it first (SHARDKV REMOVEMEMBER %d *, and let this replica apply it)", id, which, id)
+	}
+	if err := a.ForgetPeer(id); err != nil {
+		if errors.Is(err, node.ErrStillVoter) {
+			return "ERR " + oneLine(err.Error()) + fmt.Sprintf(" (SHARDKV REMOVEMEMBER %d *)", id)
+		}
+		return "ERR " + oneLine(err.Error())
+	}
+	c.conn.WriteString("OK")
+	return ""
 }
 
 // parseGroups reads <group>|*; optional (MEMBERS) means no argument is every group.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ type fakeAdmin struct {
 	fail    map[ids.GroupID]error
 	cluster []ids.NodeID
 	calls   []string
+	forget  error // what ForgetPeer returns for a non-voter
 }
 
 func newFakeAdmin(groups int) *fakeAdmin {
@@ -134,6 +136,19 @@ func (a *fakeAdmin) SetMasterCandidate(g ids.GroupID, ok bool) error {
 	return nil
 }
 
+// ForgetPeer is node.ForgetPeer in miniature.
+func (a *fakeAdmin) ForgetPeer(id ids.NodeID) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = append(a.calls, fmt.Sprint("forget ", id))
+	for g, m := range a.mem {
+		if slices.Contains(m.Voters, id) {
+			return fmt.Errorf("%w: node %d still votes in group %d: remove it from every group first", node.ErrStillVoter, id, g)
+		}
+	}
+	return a.forget
+}
+
 func startAdmin(t *testing.T, a Admin, password string) *Server {
 	t.Helper()
 	st, err := kv.Open(t.TempDir(), kv.Options{Groups: 8, CacheSize: 1 << 20, MemTableSize: 1 << 20})
@@ -222,6 +237,45 @@ func TestAdminCommands(t *testing.T) {
 	check(t, r, []exchange{
 		{[]string{"SHARDKV", "TRANSFERMASTER", "2", "2"}, "-ERR group 2: this replica is not the master; run it on node 3"},
 	})
+}
+
+func TestAdminForgetPeer(t *testing.T) {
+	a := newFakeAdmin(8)
+	r := dialRaw(t, startAdmin(t, a, ""))
+	check(t, r, []exchange{
+		{[]string{"SHARDKV", "FORGETPEER"}, "-ERR wrong number of arguments for 'shardkv|forgetpeer' command"},
+		{[]string{"SHARDKV", "FORGETPEER", "3", "*"}, "-ERR wrong number of arguments for 'shardkv|forgetpeer' command"},
+		{[]string{"SHARDKV", "FORGETPEER", "x"}, "-ERR invalid node ID 'x': want a positive integer"},
+		{[]string{"SHARDKV", "FORGETPEER", "0"}, "-ERR invalid node ID '0': want a positive integer"},
+		{[]string{"SHARDKV", "FORGETPEER", "1"}, "-ERR node 1 is this replica: run FORGETPEER 1 on every other replica"},
+		{[]string{"SHARDKV", "FORGETPEER", "3"}, "-ERR node 3 still votes in groups 0-7 as this replica knows it: " +
+			"remove it first (SHARDKV REMOVEMEMBER 3 *, and let this replica apply it)"},
+		{[]string{"SHARDKV", "REMOVEMEMBER", "3", "*"}, "+OK changed=8 unchanged=0"},
+		{[]string{"SHARDKV", "ADDMEMBER", "3", "5"}, "+OK changed=1 unchanged=0"},
+		{[]string{"SHARDKV", "FORGETPEER", "3"}, "-ERR node 3 still votes in group 5 as this replica knows it: " +
+			"remove it first (SHARDKV REMOVEMEMBER 3 *, and let this replica apply it)"},
+		{[]string{"SHARDKV", "ADDFOLLOWER", "3", "5"}, "-ERR group 5: node 3 is a voter; REMOVEMEMBER it first to make it a follower"},
+		{[]string{"SHARDKV", "REMOVEMEMBER", "3", "5"}, "+OK changed=1 unchanged=0"},
+		{[]string{"SHARDKV", "ADDFOLLOWER", "3", "5"}, "+OK changed=1 unchanged=0"},
+		{[]string{"shardkv", "forgetpeer", "3"}, "+OK"}, // a follower does not vote
+		{[]string{"SHARDKV", "FORGETPEER", "3"}, "+OK"}, // again: nothing left to forget
+	})
+	a.mu.Lock()
+	if n := slices.Index(a.calls, "forget 3"); n < 0 || len(a.calls)-n != 2 {
+		t.Errorf("ForgetPeer calls: %q, want it called twice, after the removal", a.calls)
+	}
+	a.forget = errors.New("storage\nfailure")
+	a.mu.Unlock()
+	check(t, r, []exchange{{[]string{"SHARDKV", "FORGETPEER", "4"}, "-ERR storage failure"}})
+	// The node saw a vote this replica's MEMBERS did not show yet.
+	a.mu.Lock()
+	a.forget = fmt.Errorf("%w: node 4 still votes in group 2: remove it from every group first", node.ErrStillVoter)
+	a.mu.Unlock()
+	check(t, r, []exchange{{[]string{"SHARDKV", "FORGETPEER", "4"}, "-ERR node: peer still votes in a group: " +
+		"node 4 still votes in group 2: remove it from every group first (SHARDKV REMOVEMEMBER 4 *)"}})
+	if help := r.do("SHARDKV", "HELP"); !strings.Contains(help, "FORGETPEER <node>") || !strings.Contains(help, "run it on every other replica") {
+		t.Errorf("HELP does not describe FORGETPEER: %s", help)
+	}
 }
 
 func TestAdminNotAvailable(t *testing.T) {

@@ -95,6 +95,8 @@ func (s *Server) writeInfo(b *strings.Builder, sec string) {
 		line("net_bytes_sent", st.Transport.BytesSent)
 		line("net_bytes_received", st.Transport.BytesReceived)
 		line("net_conns_opened", st.Transport.ConnsOpened)
+		line("store_verified", boolInt(st.Verified))
+		line("peers_refused", st.PeersRefused)
 		var proposed, commands uint64
 		for g := 0; g < groups; g++ {
 			gs, err := s.groupStats(g)
@@ -140,4 +142,11 @@ func (s *Server) groupStats(g int) (group.Stats, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	return s.cfg.Node.GroupStats(ctx, ids.GroupID(g))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

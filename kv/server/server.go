@@ -37,7 +37,8 @@
 //
 // SHARDKV MEMBERS, ADDFOLLOWER, ADDMEMBER, REMOVEMEMBER, CHANGEMEMBER,
 // TRANSFERMASTER and MASTERCANDIDATE change the groups' membership through
-// Config.Admin (SHARDKV HELP lists the syntax), behind the same AUTH as the rest.
+// Config.Admin (SHARDKV HELP lists the syntax), behind the same AUTH as the rest;
+// FORGETPEER calls Node.ForgetPeer on this replica.
 package server
 
 import (
