@@ -55,12 +55,21 @@ func TestFastPathCounts(t *testing.T) {
 	if inst < k || inst > k+5 {
 		t.Fatalf("%v instances for %d sequential proposals", inst, k)
 	}
+	// At most one fsync per instance on every member. The master and at least
+	// one acceptor - a quorum - make about one each; a lagging acceptor may
+	// share one fsync between two instances' Accepts (fewer is fine there).
+	quorumSyncs := 0
 	for id, n := range tc.nodes {
 		syncs := float64(n.Stats().Log.Syncs-syncs0[id]) / inst
 		frames := float64(n.Stats().Transport.FramesSent-frames0[id]) / inst
 		t.Logf("node %d: %.2f fsyncs and %.2f frames sent per instance", id, syncs, frames)
-		if syncs < 0.8 || syncs > 1.2 {
-			t.Errorf("node %d: %.2f fsyncs per instance, want 1 (0.8 to 1.2)", id, syncs)
+		if syncs > 1.2 {
+			t.Errorf("node %d: %.2f fsyncs per instance, want at most 1", id, syncs)
+		}
+		if syncs >= 0.8 {
+			quorumSyncs++
+		} else if id == 1 {
+			t.Errorf("master: %.2f fsyncs per instance, want 1", syncs)
 		}
 		// Master: Accept and Chosen to each of two peers; others: one Accepted.
 		want := 1.0
@@ -70,6 +79,9 @@ func TestFastPathCounts(t *testing.T) {
 		if frames > want+0.5 {
 			t.Errorf("node %d: %.2f frames per instance, want %v", id, frames, want)
 		}
+	}
+	if quorumSyncs < 2 {
+		t.Errorf("only %d members made about one fsync per instance; a quorum (2) must", quorumSyncs)
 	}
 }
 
