@@ -361,9 +361,9 @@ func batchNote(s settings) string {
 }
 
 func (r result) diagLine() string {
-	return fmt.Sprintf("# diag groups=%d clients=%d payload=%d window=%v cpu_pct=%.0f fsyncs/s=%.0f msgs/s=%.0f instances=%d fsyncs/instance=%.2f cmds/instance=%.2f log_writes/fsync=%.1f not_master=%d load=[%s] errors_seen=%q",
+	return fmt.Sprintf("# diag groups=%d clients=%d payload=%d window=%v cpu_pct=%.0f fsyncs/s=%.0f msgs/s=%.0f msgs/write=%.2f instances=%d fsyncs/instance=%.2f cmds/instance=%.2f log_writes/fsync=%.1f not_master=%d load=[%s] errors_seen=%q",
 		r.Groups, r.Clients, r.Payload, r.Elapsed.Round(time.Millisecond), r.CPUPct, r.fsyncsPerSec(), r.msgsPerSec(),
-		r.Instances, r.fsyncsPerInstance(), r.cmdsPerInstance(), ratio(r.LogWrites, r.Syncs), r.NotMaster, r.Load, r.ErrKinds)
+		ratio(r.Frames, r.NetWrites), r.Instances, r.fsyncsPerInstance(), r.cmdsPerInstance(), ratio(r.LogWrites, r.Syncs), r.NotMaster, r.Load, r.ErrKinds)
 }
 
 // idleRun measures the idle cost of many groups: a cluster of o.idleGroups groups

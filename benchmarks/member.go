@@ -94,6 +94,7 @@ type partial struct {
 	Syncs     uint64      // WAL fsyncs of the member's nodes in the window
 	LogWrites uint64      // group writes committed by the member's nodes
 	Frames    uint64      // frames sent by the member's nodes
+	NetWrites uint64      // socket writes of the member's nodes
 	Instances uint64      // instance values proposed by the member's proposers
 	NotMaster int         // groups whose proposer was not their master when the window opened
 	RSS       uint64      // process VmRSS at the end of the window
@@ -117,6 +118,7 @@ type counters struct {
 	t                                time.Time
 	cpu                              time.Duration
 	syncs, writes, frames, instances uint64
+	netWrites                        uint64
 	instancesOK                      bool // every group answered GroupStats
 }
 
@@ -249,6 +251,7 @@ func (m *localMember) snapshot(withInstances bool) counters {
 		c.syncs += s.Log.Syncs
 		c.writes += s.Log.Writes
 		c.frames += s.Transport.FramesSent
+		c.netWrites += s.Transport.Writes
 	}
 	if withInstances {
 		c.instancesOK = true
@@ -295,6 +298,7 @@ func (m *localMember) stop() (partial, error) {
 		Syncs:     after.syncs - m.before.syncs,
 		LogWrites: after.writes - m.before.writes,
 		Frames:    after.frames - m.before.frames,
+		NetWrites: after.netWrites - m.before.netWrites,
 		RSS:       rssBytes(),
 		Heap:      heapBytes(),
 		NotMaster: m.notMaster,

@@ -46,6 +46,7 @@ type result struct {
 	Syncs      uint64        // WAL fsyncs of all three nodes in the window
 	LogWrites  uint64
 	Frames     uint64 // frames sent by all three nodes
+	NetWrites  uint64 // socket writes of all three nodes
 	Instances  uint64 // instance values proposed (by every group's proposer)
 	NotMaster  int    // groups whose proposer was not their master when the window opened
 	RSS, Heap  uint64 // summed over processes
@@ -224,6 +225,7 @@ func aggregate(res *result, parts []partial) {
 		res.Syncs += p.Syncs
 		res.LogWrites += p.LogWrites
 		res.Frames += p.Frames
+		res.NetWrites += p.NetWrites
 		res.Instances += p.Instances
 		res.NotMaster += p.NotMaster
 		res.RSS += p.RSS
