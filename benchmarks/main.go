@@ -66,6 +66,7 @@ type options struct {
 	leakDuration             time.Duration
 	leakEvery                time.Duration
 	noFloor                  bool
+	memProfile               string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -93,6 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-proposal timeout")
 	fs.DurationVar(&o.setupTimeout, "setup-timeout", 120*time.Second, "how long setup may take to get one proposal through in every group")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole invocation (-procs: FILE.node1..3, one per replica, per run)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the end, after the last run's cluster stopped and a GC: what outlives the runs (in-process only)")
 	fs.BoolVar(&o.leak, "leak", false, "leak check: one long 256 x 8 run sampling RSS; fails if RSS keeps growing")
 	fs.DurationVar(&o.leakDuration, "leak-duration", 10*time.Minute, "window of the -leak run")
 	fs.DurationVar(&o.leakEvery, "leak-every", 10*time.Second, "RSS sample interval of the -leak run")
@@ -200,6 +202,14 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.memProfile != "" && !o.procs {
+		defer func() {
+			runtime.GC()
+			if err := writeHeapProfile(o.memProfile); err != nil {
+				fmt.Fprintln(stderr, "benchmarks:", err)
+			}
+		}()
 	}
 
 	mode := "one process"
@@ -477,3 +487,27 @@ func (c *csvOut) write(r result, procs bool) error {
 }
 
 func (c *csvOut) close() { c.f.Close() }
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// The goroutines still alive show what holds the heap that outlived the runs.
+	g, err := os.Create(path + ".goroutines")
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("goroutine").WriteTo(g, 1); err != nil {
+		g.Close()
+		return err
+	}
+	return g.Close()
+}

@@ -280,6 +280,14 @@ func (t *TCPTransport) Close() error {
 		if err := <-stopErr; err != nil && !errors.Is(err, context.Canceled) {
 			t.log.Warn("engine stop", zap.Error(err))
 		}
+		// gnet.Run files every engine in a process-global registry (for its
+		// deprecated package-level Stop) and only that Stop takes it out again: with
+		// Engine.Stop alone, the engine - and through our handler this transport and
+		// its node - would stay reachable for the life of the process. The engine
+		// has stopped, so this only removes the entry.
+		if err := gnet.Stop(context.Background(), "tcp://"+t.opts.ListenAddr); err != nil {
+			t.log.Debug("gnet engine registry", zap.Error(err))
+		}
 		t.closeErr = t.runErr
 		t.log.Info("transport closed")
 	})
