@@ -663,6 +663,7 @@ func (r *Replica) rebase(inst ids.InstanceID, sys SystemState) {
 	r.applyQueue = slices.DeleteFunc(r.applyQueue, func(e instance.Entry) bool { return e.Instance < inst })
 	r.failLimbo(inst)
 	r.applied = max(r.applied, inst)
+	r.executed.skipTo(inst)
 	r.resetSystemState(inst, sys)
 	r.storedNext.Store(max(r.storedNext.Load(), uint64(inst)))
 	r.core.InstallCheckpoint(inst) // a no-op while repairing: the core's Next is already past it

@@ -13,7 +13,8 @@ import (
 const (
 	// MsgTypeBase is the first group-level message type.
 	MsgTypeBase uint8 = 64
-	// MsgForward carries proposals from a member to the master: [hops, value].
+	// MsgForward carries proposals from a member to the master: [hops, value,
+	// since] (since: none of them was chosen below that instance; executed.go).
 	MsgForward uint8 = MsgTypeBase + iota - 1
 	// MsgReadIndex asks a member for its read index: [id].
 	MsgReadIndex
@@ -37,6 +38,7 @@ var ErrBadGroupMessage = errors.New("group: bad group message")
 type GroupMessage struct {
 	Type     uint8
 	Hops     uint64
+	Since    uint64
 	Commands []Command
 	ID       uint64
 	Index    uint64
@@ -59,9 +61,10 @@ func EncodeGroupMessage(m *GroupMessage) []byte {
 	e := msgpack.NewEncoder(&buf)
 	switch m.Type {
 	case MsgForward:
-		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeArrayLen(3)
 		_ = e.EncodeUint(m.Hops)
 		_ = e.EncodeBytes(encodeValue(m.Commands))
+		_ = e.EncodeUint(m.Since)
 	case MsgReadIndex:
 		_ = e.EncodeArrayLen(1)
 		_ = e.EncodeUint(m.ID)
@@ -93,7 +96,7 @@ func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
 	m := GroupMessage{Type: typ}
 	r := bytes.NewReader(body)
 	d := msgpack.NewDecoder(r)
-	want := map[uint8]int{MsgForward: 2, MsgReadIndex: 1, MsgReadIndexReply: 3,
+	want := map[uint8]int{MsgForward: 3, MsgReadIndex: 1, MsgReadIndexReply: 3,
 		MsgCheckpointOffer: 1, MsgChunkReq: 4, MsgChunk: 2}[typ]
 	if want == 0 {
 		return m, fmt.Errorf("%w: type %d", ErrBadGroupMessage, typ)
@@ -114,6 +117,7 @@ func DecodeGroupMessage(typ uint8, body []byte) (GroupMessage, error) {
 		if m.Commands, err = decodeValue(v); err != nil {
 			return m, fmt.Errorf("%w: %v", ErrBadGroupMessage, err)
 		}
+		m.Since, err = d.DecodeUint64()
 	case MsgCheckpointOffer:
 		m.Data, err = decodeBytes(d, r)
 	case MsgChunkReq:

@@ -35,6 +35,10 @@ type Proposal struct {
 	hops uint64 // times it was forwarded between members
 	// sentTo is the master it was forwarded to (by the member it came from).
 	sentTo ids.NodeID
+	// since: it was not chosen in any instance below this one; mayDup: it has been
+	// forwarded, so a copy may be proposed elsewhere (executed.go).
+	since  ids.InstanceID
+	mayDup bool
 	// notify, if set, is called with the outcome in the replica's context (for the
 	// engine's own proposals, which nobody Waits for).
 	notify func(Result, error)

@@ -126,36 +126,6 @@ func (c *Config) fillDefaults() {
 	}
 }
 
-// recentIDs remembers the last executedIDsMax request IDs executed, so a master
-// never proposes again a command that was chosen already. It is rebuilt by the
-// replay at start, so it survives restarts for what the log still holds.
-type recentIDs struct {
-	set  map[RequestID]struct{}
-	ring []RequestID
-	at   int
-}
-
-const executedIDsMax = 1 << 16
-
-func (s *recentIDs) has(id RequestID) bool {
-	_, ok := s.set[id]
-	return ok
-}
-
-func (s *recentIDs) add(id RequestID) {
-	if s.set == nil {
-		s.set = make(map[RequestID]struct{})
-	}
-	if len(s.ring) < executedIDsMax {
-		s.ring = append(s.ring, id)
-	} else {
-		delete(s.set, s.ring[s.at])
-		s.ring[s.at] = id
-		s.at = (s.at + 1) % executedIDsMax
-	}
-	s.set[id] = struct{}{}
-}
-
 // forwardHopsMax bounds how often a proposal is passed on between members that are
 // not the master, so a stale view cannot bounce it forever.
 const forwardHopsMax = 3
@@ -196,7 +166,7 @@ type Replica struct {
 	forwarded    map[RequestID]*Proposal // ours, sent to the master; settled when executed here
 	bounced      map[RequestID]*Proposal // ours, passed back to us and gone on as a copy; settled with it
 	seenForward  map[RequestID]uint64    // forwarded proposals taken, with the tick they came
-	executed     recentIDs               // application commands executed lately (replay included)
+	executed     executedWindow          // application commands executed lately (replay included; executed.go)
 	seq          uint64                  // for the replica's own (master claim) request IDs
 	// fwdIdle counts ticks with ours forwarded, unsettled, and no master known;
 	// at forwardRetryTicks they go to the next member in turn (fwdTurn).
@@ -250,6 +220,7 @@ type Stats struct {
 	Proposed       uint64 // instance values this replica proposed
 	Commands       uint64 // own commands executed
 	Forwarded      uint64 // commands forwarded to the master
+	ForwardsTooOld uint64 // forwarded commands not proposed: older than the executed window (executed.go)
 	MasterClaims   uint64 // claims this replica proposed (elections and renewals)
 	SyncedWrites   uint64 // storage batches that waited for an fsync
 	LazyWrites     uint64 // storage batches written without fsync
@@ -358,6 +329,7 @@ func (r *Replica) replay(from, next, smApplied ids.InstanceID) error {
 	r.replaying = true
 	defer func() { r.replaying = false }()
 	r.applied, r.sysApplied = from, from
+	r.executed.reset(from)
 	for r.applied < next {
 		es, err := r.cfg.Storage.Entries(r.cfg.Group, r.applied, 256, 4<<20)
 		if err != nil && !errors.Is(err, logstore.ErrCorrupt) {
@@ -406,6 +378,7 @@ func (r *Replica) Propose(p *Proposal) {
 		p.fail(&NotMasterError{Master: r.lease.state.Master})
 		return
 	}
+	p.since = r.applied // it did not exist when the instances below were chosen
 	r.queue = append(r.queue, p)
 	r.lease.active = true
 	r.drive()
@@ -451,15 +424,19 @@ func (r *Replica) StepGroup(from ids.NodeID, m GroupMessage) error {
 				// with the copy when the command executes here.
 				r.bounced[c.ID] = orig
 			}
-			if _, dup := r.seenForward[c.ID]; (dup && !r.resent(c.ID)) || r.executed.has(c.ID) {
-				// A duplicated frame - perhaps one that outlived a restart of this
-				// member, which forgot seenForward but not the log it replayed:
-				// proposing it again would choose it twice.
+			if _, dup := r.seenForward[c.ID]; dup && !r.resent(c.ID) {
+				continue // a duplicated frame of a command this member holds
+			}
+			if c.Kind == KindApp && !r.mayPropose(c.ID, ids.InstanceID(m.Since)) {
+				// Chosen already (perhaps a frame that outlived a restart of this
+				// member, which forgot seenForward but not the log it replayed), or
+				// too old to tell: proposing it could choose it twice.
 				continue
 			}
 			r.seenForward[c.ID] = r.ticks
 			p := NewProposal(c.ID, c.Data)
 			p.hops, p.kind = m.Hops, c.Kind
+			p.since, p.mayDup = ids.InstanceID(m.Since), true
 			r.queue = append(r.queue, p)
 		}
 		r.lease.active = true
@@ -488,6 +465,7 @@ func (r *Replica) Tick() {
 		return
 	}
 	r.ticks++
+	r.executed.expire(r.cfg.Clock())
 	if r.repair != nil {
 		r.repairTick()
 		r.tickCheckpoints()
@@ -521,6 +499,14 @@ func (r *Replica) Tick() {
 	r.drive()
 	r.flush()
 }
+
+// NeedsSweep reports whether the replica holds memory that Sweep may give back once
+// it has been quiet for a while (the executed window's older entries).
+func (r *Replica) NeedsSweep() bool { return r.executed.expiring() }
+
+// Sweep gives back memory held for recent activity that has aged out. Tick does
+// the same; Sweep is for a quiet group that is not ticked.
+func (r *Replica) Sweep() { r.executed.expire(r.cfg.Clock()) }
 
 // NeedsTick reports whether the replica has a timer running. An idle group needs no
 // ticks; the node skips it, which keeps thousands of idle groups cheap.
@@ -695,16 +681,16 @@ func (r *Replica) forwardRetryTicks() int {
 // Duplicates: the same command ID may now sit in the queues of two members (the
 // first receiver was slow, not down). It is executed once all the same: whichever
 // of them becomes master drops the other's forward of it (seenForward, while it
-// holds the command: see resent) or skips it as executed (r.executed); a copy the
-// first receiver proposed in an instance is either chosen there - and the new
-// master executes it before its own claim, so it skips its copy - or never chosen
-// anywhere (accepted values do not carry over to other instances). The remaining
-// risks, not excluded: a master that skipped the instance where the other copy
-// was chosen by installing a checkpoint image (r.executed lacks its IDs), or
-// whose state machine stalls before that instance (chosen, not yet executed,
-// when it proposes its copy), could propose it a second time; and a receiver
-// that keeps the command queued past seenForwardTicks and then meets the other
-// copy's forward.
+// holds the command: see resent) or finds it in its executed window (executed.go),
+// which is exact for the instances it covers: a master proposes a forwarded
+// command only once it has executed every instance it knows chosen, and refuses
+// one whose copy might be in instances the window no longer covers (older than
+// the window, or skipped by an installed checkpoint image). A copy the first
+// receiver proposed in an instance is either chosen there - and the new master
+// executes it before proposing - or never chosen anywhere (accepted values do not
+// carry over to other instances). What remains: a receiver that keeps the command
+// queued past seenForwardTicks, while the other copy is proposed but not yet
+// chosen, and then meets that copy's forward.
 func (r *Replica) retryForwarded() {
 	now := r.cfg.Clock()
 	if len(r.forwarded) == 0 || r.lease.isMaster(now) || r.lease.otherValid(now) ||
@@ -768,7 +754,7 @@ func (r *Replica) forwardQueue(to ids.NodeID) {
 		return
 	}
 	var cmds []Command
-	hops, bytes := uint64(0), 0
+	hops, bytes, since := uint64(0), 0, ids.InstanceID(0)
 	for _, p := range r.queue {
 		if !p.take() {
 			continue
@@ -781,32 +767,49 @@ func (r *Replica) forwardQueue(to ids.NodeID) {
 		// transport drops one frame carrying many large commands as too large;
 		// a command over BatchBytesMax goes alone.
 		if len(cmds) > 0 && bytes+len(p.Data) > r.cfg.BatchBytesMax {
-			r.sendForward(to, hops, cmds)
+			r.sendForward(to, hops, since, cmds)
 			cmds, hops, bytes = nil, 0, 0
+		}
+		if len(cmds) == 0 || p.since < since {
+			since = p.since // one bound for the message: the lowest holds for all
 		}
 		hops = max(hops, p.hops)
 		bytes += len(p.Data)
 		cmds = append(cmds, Command{ID: p.ID, Kind: p.kind, Data: p.Data})
+		p.mayDup = true // from now on a copy of it may be anywhere
 		if p.ID.Node == r.cfg.Self {
 			p.sentTo = to
 			r.forwarded[p.ID] = p
 		}
 		if len(cmds) == r.cfg.BatchCountMax {
-			r.sendForward(to, hops, cmds)
+			r.sendForward(to, hops, since, cmds)
 			cmds, hops, bytes = nil, 0, 0
 		}
 	}
 	clear(r.queue)
 	r.queue = r.queue[:0]
-	r.sendForward(to, hops, cmds)
+	r.sendForward(to, hops, since, cmds)
 }
 
-func (r *Replica) sendForward(to ids.NodeID, hops uint64, cmds []Command) {
+func (r *Replica) sendForward(to ids.NodeID, hops uint64, since ids.InstanceID, cmds []Command) {
 	if len(cmds) == 0 {
 		return
 	}
 	r.stats.Forwarded += uint64(len(cmds))
-	r.cfg.Sender.SendGroup(to, r.cfg.Group, &GroupMessage{Type: MsgForward, Hops: hops + 1, Commands: cmds})
+	r.cfg.Sender.SendGroup(to, r.cfg.Group, &GroupMessage{Type: MsgForward, Hops: hops + 1, Since: uint64(since), Commands: cmds})
+}
+
+// mayPropose asks the executed window (executed.go) whether a command that may have
+// a copy elsewhere, and was not chosen below since, may be proposed here: it was
+// not chosen already, and the window reaches back far enough to be sure.
+func (r *Replica) mayPropose(id RequestID, since ids.InstanceID) bool {
+	executed, known := r.executed.lookup(id, since)
+	if !executed && !known {
+		r.stats.ForwardsTooOld++
+		r.log.Debug("forwarded command older than the executed window: not proposed",
+			zap.Uint64("since", uint64(since)), zap.Uint64("floor", uint64(r.executed.floor)))
+	}
+	return !executed && known
 }
 
 // maybePropose packs the pending master claim and, on the master, queued
@@ -837,10 +840,24 @@ func (r *Replica) maybePropose(now time.Time) {
 			if len(cmds) > 0 && bytes+len(p.Data) > r.cfg.BatchBytesMax {
 				break
 			}
-			n++
-			if r.executed.has(p.ID) {
-				continue // chosen already: a duplicate that came in before its original was executed here
+			if p.mayDup && p.kind == KindApp {
+				if r.applied < r.core.Next() {
+					// Chosen instances wait to be executed (a stalled state machine,
+					// a new master's backlog): the window cannot yet tell whether a
+					// copy of this one is in them. Propose it after.
+					break
+				}
+				if !r.mayPropose(p.ID, p.since) {
+					n++
+					// Chosen already: a duplicate that came in before its original
+					// was executed here. Or too old to tell. Either way its outcome
+					// is not here to give (a copy, nobody waits on it; our own,
+					// requeued by retryForwarded, whose copy went elsewhere).
+					p.fail(fmt.Errorf("%w: a copy of it may have been chosen already", ErrUnknownOutcome))
+					continue
+				}
 			}
+			n++
 			if !p.take() {
 				continue // its caller gave up
 			}
@@ -1133,9 +1150,10 @@ func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 	}
 	r.applied++
 	r.next.Store(uint64(r.core.Next()))
+	now := r.cfg.Clock()
 	for _, c := range cmds {
 		if c.Kind == KindApp {
-			r.executed.add(c.ID)
+			r.executed.add(c.ID, e.Instance, now)
 		}
 	}
 	for i, c := range cmds {

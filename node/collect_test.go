@@ -46,3 +46,35 @@ func TestStoppedNodeCollected(t *testing.T) {
 		t.Fatalf("stopped nodes collected: %v of 1, 2 and 3; the others are still reachable", got)
 	}
 }
+
+// A group that goes quiet gives back the memory of its executed window (group's
+// executed.go) once its entries age out, although an idle group is not ticked: the
+// status sweep visits it.
+func TestQuietGroupGivesBackExecutedWindow(t *testing.T) {
+	tc := newTestCluster(t, 3, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := make(chan error, 200)
+	for i := 0; i < 200; i++ { // well over the window's minimum of 64
+		go func() {
+			_, err := tc.nodes[1].Propose(ctx, 0, []byte(fmt.Sprint("w", i)))
+			errs <- err
+		}()
+	}
+	for i := 0; i < 200; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := tc.nodes[2].groups[0]
+	if !r.wantSweep.Load() {
+		t.Fatal("a member that executed 200 commands holds nothing to give back")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for r.wantSweep.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the executed window was not given back 30 s after the group went quiet (ticked: %v)", r.wantTick.Load())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -116,6 +116,7 @@ type runner struct {
 	scheduled bool
 	closed    bool
 	wantTick  atomic.Bool // the replica has a timer running (NeedsTick)
+	wantSweep atomic.Bool // the replica holds memory to give back when quiet (NeedsSweep)
 }
 
 // Start opens the data dir, starts the transport, opens every group (replaying what
@@ -462,6 +463,13 @@ func (n *Node) ticker() {
 		case <-status.C:
 			n.sendNodeStatus()
 			n.identity.recheck()
+			// Ticked groups sweep on their ticks; a quiet one is visited here
+			// until it has given back what it held (its executed window).
+			for _, r := range n.groups {
+				if r.wantSweep.Load() && !r.wantTick.Load() {
+					r.post(func(g *group.Replica) { g.Sweep() })
+				}
+			}
 		}
 	}
 }
@@ -535,6 +543,7 @@ func (r *runner) run() {
 			r.replica.Tick()
 		}
 		r.wantTick.Store(r.replica.NeedsTick())
+		r.wantSweep.Store(r.replica.NeedsSweep())
 		select {
 		case <-r.n.quit:
 			r.mu.Lock()
