@@ -66,7 +66,6 @@ type options struct {
 	leakDuration             time.Duration
 	leakEvery                time.Duration
 	noFloor                  bool
-	memProfile               string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -94,7 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-proposal timeout")
 	fs.DurationVar(&o.setupTimeout, "setup-timeout", 120*time.Second, "how long setup may take to get one proposal through in every group")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole invocation (-procs: FILE.node1..3, one per replica, per run)")
-	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the end, after the last run's cluster stopped and a GC: what outlives the runs (in-process only)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write heap profiles: FILE.live at the end of the last run's window (the cluster under load), FILE after it stopped and a GC (what outlives the runs; with FILE.goroutines); in-process only")
 	fs.BoolVar(&o.leak, "leak", false, "leak check: one long 256 x 8 run sampling RSS; fails if RSS keeps growing")
 	fs.DurationVar(&o.leakDuration, "leak-duration", 10*time.Minute, "window of the -leak run")
 	fs.DurationVar(&o.leakEvery, "leak-every", 10*time.Second, "RSS sample interval of the -leak run")

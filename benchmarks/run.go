@@ -24,6 +24,7 @@ type settings struct {
 	timeout      time.Duration // per-proposal timeout
 	setupTimeout time.Duration
 	cpuProfile   string // -procs: each child writes <cpuProfile>.node<i>
+	memProfile   string // in-process: heap at the end of the last window (.live) and after it stopped
 	verbose      bool
 }
 
@@ -197,6 +198,13 @@ func runOnce(p params, s settings, sample leakSampler) (res result, err error) {
 		}
 	} else {
 		time.Sleep(p.Duration)
+	}
+	if s.memProfile != "" && !s.procs {
+		// The live heap of the cluster under load, overwritten by each run: what
+		// the last run held at the end of its window.
+		if err := writeHeapProfile(s.memProfile + ".live"); err != nil {
+			return res, err
+		}
 	}
 	parts := make([]partial, len(members))
 	if err := each(len(members), func(i int) (err error) {

@@ -31,8 +31,14 @@ import (
 // executedHorizon, at least executedKeepMin of them (a quiet group remembers a
 // long time back for little memory) and at most executedIDsMax (a hot group
 // cannot hold more). Memory follows a group's throughput, not its age, and a
-// group that goes quiet gives it back (Sweep). A command that never left its
-// origin (mayDup false) cannot have a copy, and is not checked.
+// group that goes quiet gives it back (Sweep).
+//
+// Only commands that were forwarded before they were proposed can have copies,
+// so only those are checked and recorded (Command.MayDup, carried in the value
+// so that every member, and a replay, records the same). One that a master
+// proposed before it was ever forwarded is forwarded only after its instance chose
+// another value (requeueInflight), and a value proposed in one instance is never
+// chosen in another: so no copy of a forwarded command is chosen unmarked.
 
 const (
 	executedHorizon = 10 * time.Second

@@ -862,7 +862,7 @@ func (r *Replica) maybePropose(now time.Time) {
 				continue // its caller gave up
 			}
 			bytes += len(p.Data)
-			cmds = append(cmds, Command{ID: p.ID, Kind: p.kind, Data: p.Data})
+			cmds = append(cmds, Command{ID: p.ID, Kind: p.kind, MayDup: p.mayDup, Data: p.Data})
 			r.inflight[p.ID] = p
 		}
 		clear(r.queue[:n])
@@ -1152,7 +1152,7 @@ func (r *Replica) execute(e instance.Entry, skipApp bool) error {
 	r.next.Store(uint64(r.core.Next()))
 	now := r.cfg.Clock()
 	for _, c := range cmds {
-		if c.Kind == KindApp {
+		if c.Kind == KindApp && c.MayDup {
 			r.executed.add(c.ID, e.Instance, now)
 		}
 	}

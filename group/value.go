@@ -36,13 +36,21 @@ const (
 type Command struct {
 	ID   RequestID
 	Kind CommandKind
-	Data []byte
+	// MayDup: the command was forwarded before it was proposed, so copies of it may
+	// be on their way to a master; executing it records its ID in the executed
+	// window (executed.go). A command that was never forwarded has no copy.
+	MayDup bool
+	Data   []byte
 }
+
+// kindMayDup is the bit of the encoded kind that carries Command.MayDup.
+const kindMayDup = 0x80
 
 // ErrBadValue is wrapped by every failure to decode an instance value.
 var ErrBadValue = errors.New("group: bad instance value")
 
-// An instance value is a msgpack array [version, [[node, seq, kind, data], ...]].
+// An instance value is a msgpack array [version, [[node, seq, kind, data], ...]];
+// kind's high bit is Command.MayDup.
 // An empty batch is a no-op. Engine-internal commands (a master claim) travel in the
 // same batch as application commands, so a busy group renews its master lease at no
 // extra instance.
@@ -60,7 +68,11 @@ func encodeValue(cmds []Command) []byte {
 		_ = e.EncodeArrayLen(4)
 		_ = e.EncodeUint(uint64(c.ID.Node))
 		_ = e.EncodeUint(c.ID.Seq)
-		_ = e.EncodeUint(uint64(c.Kind))
+		kind := uint64(c.Kind)
+		if c.MayDup {
+			kind |= kindMayDup
+		}
+		_ = e.EncodeUint(kind)
 		_ = e.EncodeBytes(c.Data)
 	}
 	return buf.Bytes()
@@ -106,7 +118,8 @@ func decodeValue(v []byte) ([]Command, error) {
 		if err := errors.Join(err1, err2, err3, err4); err != nil {
 			return fail("command", err)
 		}
-		if kind >= uint64(kindEnd) {
+		mayDup := kind&kindMayDup != 0
+		if kind &^= kindMayDup; kind >= uint64(kindEnd) {
 			return fail("command kind", fmt.Errorf("%d", kind))
 		}
 		if l > r.Len() {
@@ -119,7 +132,7 @@ func decodeValue(v []byte) ([]Command, error) {
 				return fail("command data", err)
 			}
 		}
-		cmds = append(cmds, Command{ID: RequestID{Node: ids.NodeID(node), Seq: seq}, Kind: CommandKind(kind), Data: data})
+		cmds = append(cmds, Command{ID: RequestID{Node: ids.NodeID(node), Seq: seq}, Kind: CommandKind(kind), MayDup: mayDup, Data: data})
 	}
 	if r.Len() != 0 {
 		return fail("trailer", fmt.Errorf("%d bytes left", r.Len()))
