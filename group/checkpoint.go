@@ -148,16 +148,45 @@ func (r *Replica) systemState() SystemState {
 	return SystemState{Master: r.lease.state, Members: r.members.Clone()}
 }
 
+// sysPointEvery spaces the points of sysHistory: applySystem adds one after a
+// change only if the last is this many instances old, and sysStateAt replays the
+// log's system commands from the nearest point. One point per change grew by one
+// per lease renewal, without bound where no checkpoint trims the log (10 MB a
+// minute at 256 busy groups).
+const sysPointEvery = 1024
+
 // sysStateAt returns the SystemState after every instance below inst, for inst
-// between the log's start and sysApplied.
+// between the log's start and sysApplied: the nearest point of sysHistory at or
+// below inst, with the system commands of the instances from there to inst, read
+// from the log, applied. False if inst is out of range or the log cannot be read.
 func (r *Replica) sysStateAt(inst ids.InstanceID) (SystemState, bool) {
 	if len(r.sysHistory) == 0 || inst < r.sysHistory[0].from || inst > r.sysApplied {
 		return SystemState{}, false
 	}
+	if inst == r.sysApplied {
+		return r.systemState(), true
+	}
 	i, _ := slices.BinarySearchFunc(r.sysHistory, inst, func(p sysPoint, t ids.InstanceID) int {
 		return compareInst(p.from, t+1)
 	})
-	return r.sysHistory[i-1].state.clone(), true
+	p := r.sysHistory[i-1]
+	s := p.state.clone()
+	for at := p.from; at < inst; {
+		es, err := r.cfg.Storage.Entries(r.cfg.Group, at, min(256, int(inst-at)), 4<<20)
+		if err != nil || len(es) == 0 || es[0].Instance != at {
+			r.log.Warn("system state not rebuilt from the log", zap.Uint64("instance", uint64(inst)),
+				zap.Uint64("at", uint64(at)), zap.Error(err))
+			return SystemState{}, false
+		}
+		for _, e := range es {
+			if e.Instance != at || at >= inst {
+				break
+			}
+			s.applyValue(e.Instance, e.Value)
+			at++
+		}
+	}
+	return s, true
 }
 
 func compareInst(a, b ids.InstanceID) int {
@@ -170,12 +199,10 @@ func compareInst(a, b ids.InstanceID) int {
 	return 0
 }
 
-// pruneSysHistory forgets the states before inst (the log's new start).
-func (r *Replica) pruneSysHistory(inst ids.InstanceID) {
-	s, ok := r.sysStateAt(inst)
-	if !ok {
-		return
-	}
+// pruneSysHistory forgets the states before inst, the log's new start, where the
+// state was s. s comes from before the trim: sysStateAt may need the instances the
+// trim removed.
+func (r *Replica) pruneSysHistory(inst ids.InstanceID, s SystemState) {
 	keep := []sysPoint{{from: inst, state: s}}
 	for _, p := range r.sysHistory {
 		if p.from > inst {
@@ -423,17 +450,20 @@ func (r *Replica) maybeTrim() {
 	r.crashPoint(CrashBeforeTrim)
 	cp.cfg.Background(func() {
 		err := r.cfg.Storage.Trim(g, below, base)
-		r.cfg.Schedule(func() { r.trimmed(below, err) })
+		r.cfg.Schedule(func() { r.trimmed(below, sys, err) })
 	})
 }
 
-func (r *Replica) trimmed(below ids.InstanceID, err error) {
+func (r *Replica) trimmed(below ids.InstanceID, sys SystemState, err error) {
 	r.cp.trimming = false
 	if err != nil {
 		r.storageFailed(fmt.Errorf("trim below %d: %w", below, err))
 		return
 	}
 	r.crashPoint(CrashAfterTrim)
+	if below > r.minRetained {
+		r.pruneSysHistory(below, sys)
+	}
 	r.setMinRetained(below)
 	r.stats.Trims++
 }
@@ -443,7 +473,6 @@ func (r *Replica) setMinRetained(below ids.InstanceID) {
 		return
 	}
 	r.minRetained = below
-	r.pruneSysHistory(below)
 }
 
 // ---- teaching an image ----

@@ -41,7 +41,7 @@ func (r *Replica) applySystem(e instance.Entry) {
 		}
 		changed = changed || r.sysResults[c.ID][0] == '1'
 	}
-	if changed {
+	if changed && e.Instance+1-r.sysHistory[len(r.sysHistory)-1].from >= sysPointEvery {
 		r.sysHistory = append(r.sysHistory, sysPoint{from: e.Instance + 1, state: r.systemState()})
 	}
 }

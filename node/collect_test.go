@@ -54,10 +54,15 @@ func TestQuietGroupGivesBackExecutedWindow(t *testing.T) {
 	tc := newTestCluster(t, 3, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// Node 1 becomes master; node 2's proposals are forwarded to it, and only
+	// forwarded commands are recorded in the window.
+	if _, err := tc.nodes[1].Propose(ctx, 0, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
 	errs := make(chan error, 200)
 	for i := 0; i < 200; i++ { // well over the window's minimum of 64
 		go func() {
-			_, err := tc.nodes[1].Propose(ctx, 0, []byte(fmt.Sprint("w", i)))
+			_, err := tc.nodes[2].Propose(ctx, 0, []byte(fmt.Sprint("w", i)))
 			errs <- err
 		}()
 	}
@@ -66,9 +71,11 @@ func TestQuietGroupGivesBackExecutedWindow(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := tc.nodes[2].groups[0]
-	if !r.wantSweep.Load() {
-		t.Fatal("a member that executed 200 commands holds nothing to give back")
+	r := tc.nodes[3].groups[0] // it executes them shortly after the proposer does
+	for start := time.Now(); !r.wantSweep.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("a member that executed 200 forwarded commands holds nothing to give back")
+		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for r.wantSweep.Load() {
