@@ -29,6 +29,7 @@ func (r *Replica) applySystem(e instance.Entry) {
 	if err != nil {
 		return // execute reports the bad value and stalls the group
 	}
+	r.decoded = decodedValue{inst: e.Instance, cmds: cmds, ok: true}
 	changed := false
 	for _, c := range cmds {
 		switch c.Kind {

@@ -90,7 +90,9 @@ func batchBytes(cmds []Command) int {
 // checked against the bytes left before anything is allocated.
 func decodeValue(v []byte) ([]Command, error) {
 	r := bytes.NewReader(v)
-	d := msgpack.NewDecoder(r)
+	d := msgpack.GetDecoder() // NewDecoder's buffers cost as much as the decoding
+	defer msgpack.PutDecoder(d)
+	d.Reset(r)
 	fail := func(what string, err error) ([]Command, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrBadValue, what, err)
 	}
