@@ -122,6 +122,11 @@ func (n *Node) ForgetPeer(id ids.NodeID) error {
 	if id == n.opts.NodeID {
 		return fmt.Errorf("%w: node %d cannot forget itself", ErrInvalidOptions, id)
 	}
+	if _, ok := n.opts.Members[id]; !ok {
+		// Not a member this node connects to, so it admitted no store under that
+		// ID: most likely a typo, which a silent success would hide.
+		return fmt.Errorf("%w: node %d is not in this node's Members", ErrUnknownPeer, id)
+	}
 	for _, r := range n.groups {
 		if slices.Contains(r.replica.Membership().Voters, id) {
 			return fmt.Errorf("%w: node %d still votes in group %d: remove it from every group first", ErrStillVoter, id, r.g)
@@ -146,6 +151,9 @@ func (n *Node) ForgetPeer(id ids.NodeID) error {
 
 // ErrStillVoter: ForgetPeer was asked to forget a node that still votes.
 var ErrStillVoter = errors.New("node: peer still votes in a group")
+
+// ErrUnknownPeer: ForgetPeer was asked to forget a node that is not a member.
+var ErrUnknownPeer = errors.New("node: not a member")
 
 // admitPeer is netio's AdmitPeer: it runs once per connection, after the peer
 // proved the cluster secret and before any of its frames is delivered.

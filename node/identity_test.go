@@ -68,6 +68,9 @@ func TestWipedDiskIsRefusedUntilReplaced(t *testing.T) {
 			t.Fatalf("the refused node executed %d instances of group %d", n, g)
 		}
 	}
+	if err := tc.nodes[1].ForgetPeer(9); !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("ForgetPeer of a node outside Members: %v, want ErrUnknownPeer", err)
+	}
 	if err := tc.nodes[1].ForgetPeer(3); !errors.Is(err, ErrStillVoter) {
 		t.Fatalf("forgetting a node that still votes: %v", err)
 	}
