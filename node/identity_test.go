@@ -46,6 +46,22 @@ func TestWipedDiskIsRefusedUntilReplaced(t *testing.T) {
 		return true
 	})
 	tc.waitConverged(30 * time.Second)
+	// Nodes 1 and 2 must both have seen node 3's store, or one of them admits its
+	// new store as a first sight (verification needs only a quorum of admissions;
+	// see the identity doc for that limit) and the test waits for a refusal that
+	// never comes.
+	waitFor(t, ctx, func() bool {
+		for _, id := range []ids.NodeID{1, 2} {
+			ident := tc.nodes[id].identity
+			ident.mu.Lock()
+			_, ok := ident.rec.Peers[3]
+			ident.mu.Unlock()
+			if !ok {
+				return false
+			}
+		}
+		return true
+	})
 
 	tc.stop(3)
 	if err := os.RemoveAll(tc.dirs[3]); err != nil {
